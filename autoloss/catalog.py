@@ -1,0 +1,362 @@
+"""The catalog: ``primitives/*.toml``, one file per survey section, one table per loss.
+
+A file looks like::
+
+    [section]
+    id = "3"
+    title = "Regression losses"
+    subsections = [{ id = "3.2", title = "Optimisation issue" }, ...]
+
+    [losses.ciou]
+    title = "Complete-IoU loss"
+    paper = "Zheng et al., Distance-IoU Loss, AAAI 2020"
+    section = "3.2"
+    signature = "box"
+    let.v = "4 / pi ** 2 * (atan(tw / th) - atan(pw / ph)) ** 2"
+    let.alpha = "stop_grad(v / (1 - iou + v + eps))"
+    expression = "1 - iou + rho2 / (diag2 + eps) + alpha * v"
+    properties = ["nonnegative", "zero_at_perfect", "symmetric", "scale_invariant"]
+    reference = "torchvision.ops.complete_box_iou_loss"
+
+``let`` holds named helpers (``v``) and function macros (``"sl1(l)" = "..."``), expanded
+at parse time. ``params`` holds tunable parameters: ``gamma = { default = 2.0, range =
+[0.0, 5.0] }``. Every problem is reported with the file, the entry and the field.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from . import codegen
+from . import expr as E
+from .errors import CatalogError, ExpressionError, UnknownNameError, did_you_mean
+from .expr import Expr, Param
+from .parse import Macro, parse
+from .signatures import SIGNATURES
+
+PROPERTIES = {
+    "nonnegative": "L >= 0 for every valid input",
+    "zero_at_perfect": "L = 0 (up to eps) when the prediction equals the target "
+                       "(saturated logits for classification)",
+    "symmetric": "L(a, b) = L(b, a): prediction and target are interchangeable",
+    "scale_invariant": "L(s a, s b) = L(a, b) for s > 0",
+}
+KINDS = {"E": "elementwise", "B": "batch-level state", "S": "set-level"}
+_ENTRY_FIELDS = {
+    "title": True, "paper": True, "section": True, "signature": True, "expression": True,
+    "params": False, "let": False, "properties": False, "reference": False, "notes": False,
+    "kind": False,
+}
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_MACRO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
+
+
+@dataclass(frozen=True)
+class Subsection:
+    id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str
+    title: str
+    subsections: tuple[Subsection, ...]
+    file: str
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One surveyed loss: its metadata and its expression (``let`` helpers expanded)."""
+
+    id: str
+    title: str
+    paper: str
+    section: str
+    signature: str
+    expression: Expr
+    text: str
+    let: tuple[tuple[str, str], ...] = ()
+    #: the ``let`` helpers and the expression with helper names kept (for display)
+    display: tuple[tuple[str, Expr], ...] = ()
+    params: dict[str, Param] = field(default_factory=dict)
+    properties: tuple[str, ...] = ()
+    reference: str = ""
+    notes: str = ""
+    kind: str = "E"
+    file: str = ""
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        return {k: p.default for k, p in self.params.items()}
+
+    def latex(self) -> str:
+        """LaTeX of the helpers and the loss, one equation per line."""
+        from .symbolic import latex
+
+        return "\n".join(f"{latex(E.Var(name)) if name != 'loss' else 'L'} = {latex(e)}"
+                          for name, e in self.display)
+
+    def formula(self) -> str:
+        """The loss as written: helpers first, then the expression."""
+        lines = [f"{name} = {body}" for name, body in self.let]
+        lines.append(f"loss = {self.text}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    sections: tuple[Section, ...]
+    losses: dict[str, LossSpec]
+
+    def section_of(self, loss: LossSpec) -> tuple[Section, Subsection]:
+        for sec in self.sections:
+            for sub in sec.subsections:
+                if sub.id == loss.section:
+                    return sec, sub
+        raise KeyError(loss.section)
+
+
+# ------------------------------------------------------------------------------- loading
+def default_dir() -> Path:
+    """Where the catalog lives: ``primitives/`` (shipped as the ``autoloss.primitives`` package)."""
+    from . import primitives  # the data package (primitives/ in the repository)
+
+    return Path(primitives.__file__).parent
+
+
+def load(directory: Optional[Path | str] = None) -> Catalog:
+    directory = Path(directory) if directory is not None else default_dir()
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise CatalogError(f"{directory}: no *.toml files: the catalog is empty")
+    sections: list[Section] = []
+    losses: dict[str, LossSpec] = {}
+    for path in files:
+        section, entries = _load_file(path)
+        for sec in sections:
+            if sec.id == section.id:
+                raise CatalogError(f"{path.name}: section id {section.id!r} is also used by "
+                                   f"{sec.file}; give each survey section one file")
+        sections.append(section)
+        for spec in entries:
+            if spec.id in losses:
+                raise CatalogError(f"{path.name}: [losses.{spec.id}] is also defined in "
+                                   f"{losses[spec.id].file}; loss ids must be unique")
+            losses[spec.id] = spec
+    sections.sort(key=lambda s: [int(x) if x.isdigit() else x for x in s.id.split(".")])
+    return Catalog(tuple(sections), losses)
+
+
+@lru_cache(maxsize=1)
+def default() -> Catalog:
+    return load()
+
+
+def _load_file(path: Path) -> tuple[Section, list[LossSpec]]:
+    name = path.name
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise CatalogError(f"{name}: not valid TOML: {err}") from None
+    unknown = set(data) - {"section", "losses"}
+    if unknown:
+        raise CatalogError(f"{name}: unknown top-level table(s) {sorted(unknown)}; a catalog "
+                           "file holds [section] and [losses.<id>] tables")
+    section = _section(name, data.get("section"))
+    subsections = {s.id for s in section.subsections}
+    losses_table = data.get("losses", {})
+    if not isinstance(losses_table, dict):
+        raise CatalogError(f"{name}: 'losses' must be a table of [losses.<id>] entries")
+    entries = [_entry(name, loss_id, body, subsections)
+               for loss_id, body in losses_table.items()]
+    return section, entries
+
+
+def _section(name: str, table) -> Section:
+    if not isinstance(table, dict):
+        raise CatalogError(f"{name}: missing [section] table with id, title and subsections")
+    for key in ("id", "title"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise CatalogError(f"{name}: [section] field {key!r} must be a non-empty string")
+    subs = table.get("subsections", [])
+    if not isinstance(subs, list):
+        raise CatalogError(f"{name}: [section] field 'subsections' must be a list of "
+                           "{{ id = ..., title = ... }} tables")
+    out = []
+    for i, sub in enumerate(subs):
+        if not (isinstance(sub, dict) and isinstance(sub.get("id"), str)
+                and isinstance(sub.get("title"), str)):
+            raise CatalogError(f"{name}: [section] subsections[{i}] must be "
+                               "{ id = \"...\", title = \"...\" }")
+        out.append(Subsection(sub["id"], sub["title"]))
+    if not out:
+        out.append(Subsection(table["id"], table["title"]))
+    return Section(table["id"], table["title"], tuple(out), name)
+
+
+def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
+    where = f"{name} [losses.{loss_id}]"
+
+    def fail(fld: str, problem: str):
+        raise CatalogError(f"{where} field {fld!r}: {problem}")
+
+    if not _ID.match(loss_id):
+        raise CatalogError(f"{where}: loss id {loss_id!r} must be snake_case "
+                           "(lowercase letters, digits, underscores)")
+    if not isinstance(body, dict):
+        raise CatalogError(f"{where}: must be a table")
+    unknown = set(body) - set(_ENTRY_FIELDS)
+    if unknown:
+        fld = sorted(unknown)[0]
+        fail(fld, f"unknown field; {did_you_mean(fld, _ENTRY_FIELDS)}")
+    for fld, required in _ENTRY_FIELDS.items():
+        if required and fld not in body:
+            fail(fld, "is required")
+    for fld in ("title", "paper", "section", "signature", "expression", "reference", "notes",
+                "kind"):
+        if fld in body and not isinstance(body[fld], str):
+            fail(fld, f"must be a string, got {type(body[fld]).__name__}")
+    if body["section"] not in subsections:
+        fail("section", f"{body['section']!r} is not a subsection of this file's [section]; "
+                        f"use one of {sorted(subsections)}")
+    signature = SIGNATURES.get(body["signature"])
+    if signature is None:
+        fail("signature", f"unknown signature {body['signature']!r}; "
+                          f"{did_you_mean(body['signature'], SIGNATURES)}")
+    kind = body.get("kind", "E")
+    if kind not in KINDS:
+        fail("kind", f"must be one of {sorted(KINDS)}")
+    props = body.get("properties", [])
+    if not isinstance(props, list) or not all(isinstance(p, str) for p in props):
+        fail("properties", "must be a list of strings")
+    for p in props:
+        if p not in PROPERTIES:
+            fail("properties", f"unknown property {p!r}; {did_you_mean(p, PROPERTIES)}")
+
+    params = dict(signature.params)
+    own: dict[str, Param] = {}
+    raw = body.get("params", {})
+    if not isinstance(raw, dict):
+        fail("params", "must be a table of name = { default = ..., range = [lo, hi] }")
+    for pname, spec in raw.items():
+        own[pname] = _param(where, pname, spec, signature)
+    params.update(own)
+
+    macros: dict[str, Macro] = {}
+    lets = body.get("let", {})
+    if not isinstance(lets, dict):
+        fail("let", "must be a table of name = \"expression\"")
+    terminals = set(signature.names)
+    let_items = []
+    display: list[tuple[str, Expr]] = []
+    shown: set[str] = set()  # zero-argument helpers, kept as names for display
+    for key, text in lets.items():
+        m = _MACRO.match(key)
+        if not m:
+            fail("let", f"{key!r} must be a name or a call form like 'sl1(x)'")
+        mname = m.group(1)
+        args = tuple(a.strip() for a in m.group(2).split(",")) if m.group(2) else ()
+        if mname in terminals or mname in params or mname in macros:
+            fail("let", f"{mname!r} is already a terminal, parameter or helper; rename it")
+        if not isinstance(text, str):
+            fail("let", f"{key!r} must be an expression string")
+        try:
+            for a in args:
+                codegen.check_identifier(a, "macro argument")
+            mbody = parse(text, terminals | set(args), params, macros=macros,
+                          where=f"{where} let.{key}")
+        except ExpressionError as err:
+            raise CatalogError(str(err)) from None
+        macros[mname] = Macro(mname, args, mbody)
+        let_items.append((key, text))
+        if not args:
+            display.append((mname, _for_display(text, terminals | shown, params, macros, shown)))
+            shown.add(mname)
+    try:
+        expression = parse(body["expression"], terminals, params, macros=macros,
+                           where=f"{where} field 'expression'")
+    except ExpressionError as err:
+        raise CatalogError(str(err)) from None
+    display.append(("loss", _for_display(body["expression"], terminals | shown, params, macros,
+                                         shown)))
+    used = E.params(expression)
+    for pname in own:
+        if pname not in used:
+            fail("params", f"parameter {pname!r} is declared but the expression does not use it")
+    return LossSpec(
+        id=loss_id, title=body["title"], paper=body["paper"], section=body["section"],
+        signature=signature.name, expression=expression, text=body["expression"],
+        let=tuple(let_items), params={k: v for k, v in params.items() if k in used},
+        properties=tuple(props), reference=body.get("reference", ""),
+        notes=body.get("notes", ""), kind=kind, file=name, display=tuple(display),
+    )
+
+
+def _for_display(text, names, params, macros, shown) -> Expr:
+    keep = {k: m for k, m in macros.items() if k not in shown}
+    return parse(text, names, params, macros=keep)
+
+
+def _param(where: str, name: str, spec, signature) -> Param:
+    fld = f"params.{name}"
+    try:
+        codegen.check_identifier(name, "parameter")
+    except ExpressionError as err:
+        raise CatalogError(f"{where} field {fld!r}: {err}") from None
+    if name in signature.names:
+        raise CatalogError(f"{where} field {fld!r}: {name!r} is a terminal of the "
+                           f"{signature.name!r} signature; choose another name")
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        spec = {"default": spec}
+    if not isinstance(spec, dict):
+        raise CatalogError(f"{where} field {fld!r}: must be a number or a table "
+                           "{ default = ..., range = [lo, hi], log = false }")
+    extra = set(spec) - {"default", "range", "log", "doc"}
+    if extra:
+        raise CatalogError(f"{where} field {fld!r}: unknown key(s) {sorted(extra)}; "
+                           "allowed: default, range, log, doc")
+    default = spec.get("default")
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        raise CatalogError(f"{where} field {fld!r}: 'default' must be a number")
+    low = high = None
+    if "range" in spec:
+        rng = spec["range"]
+        if (not isinstance(rng, list) or len(rng) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
+                or not rng[0] < rng[1]):
+            raise CatalogError(f"{where} field {fld!r}: 'range' must be [low, high] with "
+                               "low < high")
+        low, high = float(rng[0]), float(rng[1])
+        if not low <= default <= high:
+            raise CatalogError(f"{where} field {fld!r}: default {default} lies outside "
+                               f"range [{low}, {high}]")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise CatalogError(f"{where} field {fld!r}: 'log' must be true or false")
+    if log and (low is None or low <= 0):
+        raise CatalogError(f"{where} field {fld!r}: a log-scaled range needs low > 0")
+    return Param(name, default, low, high, log)
+
+
+def get(loss_id: str, catalog: Optional[Catalog] = None) -> LossSpec:
+    catalog = catalog or default()
+    try:
+        return catalog.losses[loss_id]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown zoo id {loss_id!r}; {did_you_mean(loss_id, catalog.losses)}"
+        ) from None
+
+
+def of_signature(signature: str, catalog: Optional[Catalog] = None) -> list[LossSpec]:
+    catalog = catalog or default()
+    return [s for s in catalog.losses.values() if s.signature == signature]
+
+
+def ids(catalog: Optional[Catalog] = None) -> list[str]:
+    return sorted((catalog or default()).losses)

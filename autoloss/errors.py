@@ -1,0 +1,40 @@
+"""One root exception for everything autoloss raises on bad input.
+
+Every message says what was given, what was expected and how to fix it.
+"""
+from __future__ import annotations
+
+
+class AutolossError(Exception):
+    """Root of all autoloss errors."""
+
+
+class ExpressionError(AutolossError, ValueError):
+    """A malformed, hostile or unsupported expression."""
+
+
+class CatalogError(AutolossError, ValueError):
+    """A bad entry in a ``primitives/*.toml`` file (names file, entry and field)."""
+
+
+class SignatureError(AutolossError, ValueError):
+    """Inputs that do not match a loss signature (wrong shape, dtype, device)."""
+
+
+class UnknownNameError(AutolossError, KeyError):
+    """An unknown zoo id, primitive, terminal or parameter."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(name: str, known) -> str:
+    """A short hint listing the closest known names."""
+    import difflib
+
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return "did you mean " + ", ".join(repr(c) for c in close) + "?"
+    shown = ", ".join(known[:30]) + (", ..." if len(known) > 30 else "")
+    return f"known: {shown}"

@@ -1,0 +1,376 @@
+"""The primitive registry: one entry per op, read by everything else.
+
+An entry holds, in one place, everything any part of autoloss needs to know about a
+primitive: its arity and infix spelling (parser and printer), its torch form (compiler,
+exporter, population evaluator), its scalar form (compile-time constants), its guarded
+search-mode form, its domain, its vector-Jacobian product as an expression (the fused
+closed-form gradient), its sympy form (simplify, LaTeX, symbolic gradient) and the
+sampling ranges the registry test uses to check torch against sympy.
+
+Adding a primitive is adding one ``_register(Op(...))`` call below.
+
+Templates use ``{0}``, ``{1}``, ... for the argument sources. Gradient rules receive the
+argument expressions, the node's own value (``out``) and the incoming adjoint ``g`` and
+return one adjoint per argument (``None`` where the op passes no gradient); they are
+written with the smart constructors of :mod:`autoloss.expr`, so they fold trivially.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import UnknownNameError, did_you_mean
+
+GradRule = Callable[[Sequence["object"], "object", "object"], Sequence[Optional["object"]]]
+
+#: tiny positive number used by guarded (search-mode) ops
+TINY = 1e-12
+#: exp() arguments are clamped here in search mode (as CSE-Autoloss does at 88 for float32)
+EXP_MAX = 80.0
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    arity: int
+    torch: str
+    sympy: Callable
+    grad: Optional[GradRule]
+    doc: str
+    math: Optional[str] = None  # Python-float form, for parameter-only subexpressions
+    guard: Optional[Callable] = None  # search mode: args -> guarded expression, finite
+    domain: Optional[str] = None  # torch source of a bool mask: where the op is defined
+    infix: Optional[str] = None  # binary operator spelling, e.g. "+"
+    precedence: int = 6
+    commutative: bool = False
+    comparison: bool = False
+    sample: tuple = ()  # (lo, hi) per argument for the registry's torch-vs-sympy test
+    fn: Callable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        args = ", ".join(f"_a{i}" for i in range(self.arity))
+        body = self.torch.format(*(f"_a{i}" for i in range(self.arity)))
+        # The template is a constant of this module, never user text.
+        fn = eval(f"lambda {args}: {body}", {"torch": torch})  # noqa: S307
+        object.__setattr__(self, "fn", fn)
+
+    @property
+    def differentiable(self) -> bool:
+        return self.grad is not None
+
+
+REGISTRY: dict[str, Op] = {}
+#: binary operator spelling -> op name (parser)
+INFIX: dict[str, str] = {}
+
+
+def _register(op: Op) -> None:
+    if op.name in REGISTRY:
+        raise RuntimeError(f"primitive {op.name!r} registered twice")
+    if len(op.sample) not in (0, op.arity):
+        raise RuntimeError(f"primitive {op.name!r}: sample needs one range per argument")
+    REGISTRY[op.name] = op
+    if op.infix:
+        INFIX[op.infix] = op.name
+
+
+def get(name: str) -> Op:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown primitive {name!r}; {did_you_mean(name, REGISTRY)}"
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+# --------------------------------------------------------------------------- gradients
+# Imported lazily inside the rules: expr imports this module for arities.
+def _e():
+    from . import expr
+
+    return expr
+
+
+def _tie_split(a, b, g, sign_of):
+    """torch.minimum/maximum semantics: the gradient is split in half on ties."""
+    E = _e()
+    s = E.call("sign", E.sub(a, b))
+    half = E.mul(E.const(0.5), g)
+    ga = E.mul(half, E.add(E.const(1.0), E.mul(E.const(sign_of), s)))
+    gb = E.sub(g, ga)
+    return ga, gb
+
+
+def _g_add(a, out, g):
+    return g, g
+
+
+def _g_sub(a, out, g):
+    return g, _e().neg(g)
+
+
+def _g_mul(a, out, g):
+    E = _e()
+    return E.mul(g, a[1]), E.mul(g, a[0])
+
+
+def _g_div(a, out, g):
+    E = _e()
+    ga = E.div(g, a[1])
+    return ga, E.neg(E.mul(ga, out))
+
+
+def _g_pow(a, out, g):
+    E = _e()
+    base, ex = a
+    if isinstance(ex, E.Const):
+        if ex.value == 2.0:
+            gb = E.mul(E.mul(E.const(2.0), g), base)
+        else:
+            gb = E.mul(E.mul(g, ex), E.pow(base, E.const(ex.value - 1.0)))
+    else:
+        gb = E.mul(E.mul(g, ex), E.pow(base, E.sub(ex, E.const(1.0))))
+    return gb, E.mul(E.mul(g, out), E.call("log", base))
+
+
+def _g_neg(a, out, g):
+    return (_e().neg(g),)
+
+
+def _g_exp(a, out, g):
+    return (_e().mul(g, out),)
+
+
+def _g_log(a, out, g):
+    return (_e().div(g, a[0]),)
+
+
+def _g_log1p(a, out, g):
+    E = _e()
+    return (E.div(g, E.add(E.const(1.0), a[0])),)
+
+
+def _g_sqrt(a, out, g):
+    E = _e()
+    return (E.div(E.mul(E.const(0.5), g), out),)
+
+
+def _g_abs(a, out, g):
+    E = _e()
+    return (E.mul(g, E.call("sign", a[0])),)
+
+
+def _g_sigmoid(a, out, g):
+    E = _e()
+    return (E.mul(E.mul(g, out), E.sub(E.const(1.0), out)),)
+
+
+def _g_logsigmoid(a, out, g):
+    E = _e()
+    return (E.mul(g, E.call("sigmoid", E.neg(a[0]))),)
+
+
+def _g_softplus(a, out, g):
+    E = _e()
+    return (E.mul(g, E.call("sigmoid", a[0])),)
+
+
+def _g_tanh(a, out, g):
+    E = _e()
+    return (E.mul(g, E.sub(E.const(1.0), E.mul(out, out))),)
+
+
+def _g_atan(a, out, g):
+    E = _e()
+    return (E.div(g, E.add(E.const(1.0), E.mul(a[0], a[0]))),)
+
+
+def _g_asin(a, out, g):
+    E = _e()
+    return (E.div(g, E.call("sqrt", E.sub(E.const(1.0), E.mul(a[0], a[0])))),)
+
+
+def _g_sin(a, out, g):
+    E = _e()
+    return (E.mul(g, E.call("cos", a[0])),)
+
+
+def _g_cos(a, out, g):
+    E = _e()
+    return (E.neg(E.mul(g, E.call("sin", a[0]))),)
+
+
+def _g_erf(a, out, g):
+    E = _e()
+    two_over_sqrt_pi = 1.1283791670955126
+    gauss = E.call("exp", E.neg(E.mul(a[0], a[0])))
+    return (E.mul(E.mul(E.const(two_over_sqrt_pi), g), gauss),)
+
+
+def _g_min(a, out, g):
+    return _tie_split(a[0], a[1], g, -1.0)
+
+
+def _g_max(a, out, g):
+    return _tie_split(a[0], a[1], g, 1.0)
+
+
+def _g_clamp(a, out, g):
+    # torch.clamp passes the gradient on the closed interval [lo, hi]
+    E = _e()
+    x, lo, hi = a
+    inside = E.mul(E.call("ge", x, lo), E.call("le", x, hi))
+    below = E.call("lt", x, lo)
+    above = E.call("gt", x, hi)
+    return E.mul(g, inside), E.mul(g, below), E.mul(g, above)
+
+
+def _g_relu(a, out, g):
+    E = _e()
+    return (E.mul(g, E.call("gt", a[0], E.const(0.0))),)
+
+
+def _g_where(a, out, g):
+    E = _e()
+    zero = E.const(0.0)
+    return None, E.call("where", a[0], g, zero), E.call("where", a[0], zero, g)
+
+
+# ------------------------------------------------------------------------------ guards
+# Search mode rewrites each partial op into a total one, as an expression, so the
+# closed-form gradient of a guarded candidate matches its value.
+_INF = float("inf")
+
+
+def _clamped(op, a, lo, hi):
+    E = _e()
+    return E.call(op, E.call("clamp", a, E.const(lo), E.const(hi)))
+
+
+def _away_from_zero(b):
+    E = _e()
+    tiny = E.const(TINY)
+    small = E.call("lt", E.call("abs", b), tiny)
+    signed = E.call("where", E.call("lt", b, E.const(0.0)), E.const(-TINY), tiny)
+    return E.call("where", small, signed, b)
+
+
+def _guard_pow(base, ex):
+    E = _e()
+    if isinstance(ex, E.Const) and ex.value.is_integer() and ex.value >= 0:
+        return E.pow(base, ex)
+    if isinstance(ex, E.Const) and ex.value.is_integer():
+        return E.pow(_away_from_zero(base), ex)
+    return E.pow(E.call("clamp", base, E.const(TINY), E.const(_INF)), ex)
+
+
+# ------------------------------------------------------------------------------ sympy
+def _sym_cmp(rel):
+    return lambda s, a, b: s.Piecewise((s.Integer(1), rel(a, b)), (s.Integer(0), True))
+
+
+_POS = (0.2, 3.0)
+_ANY = (-3.0, 3.0)
+
+# Arithmetic ------------------------------------------------------------------------
+_register(Op("add", 2, "({0} + {1})", lambda s, a, b: a + b, _g_add, "a + b",
+             math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY)))
+_register(Op("sub", 2, "({0} - {1})", lambda s, a, b: a - b, _g_sub, "a - b",
+             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY)))
+_register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
+             math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY)))
+_register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
+             math="({0} / {1})", infix="/", precedence=3, domain="({1} != 0)",
+             guard=lambda a, b: _e().div(a, _away_from_zero(b)), sample=(_ANY, _POS)))
+_register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
+             math="({0} ** {1})", infix="**", precedence=5,
+             domain="(({0} > 0) | (({1}) == torch.round({1})))", guard=_guard_pow,
+             sample=(_POS, (-2.0, 3.0))))
+_register(Op("neg", 1, "(-{0})", lambda s, a: -a, _g_neg, "-a",
+             math="(-{0})", precedence=4, sample=(_ANY,)))
+
+# Elementary functions ----------------------------------------------------------------
+_register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a",
+             math="math.exp({0})", guard=lambda a: _clamped("exp", a, -_INF, EXP_MAX),
+             sample=(_ANY,)))
+_register(Op("log", 1, "torch.log({0})", lambda s, a: s.log(a), _g_log, "natural logarithm",
+             math="math.log({0})", domain="({0} > 0)",
+             guard=lambda a: _clamped("log", a, TINY, _INF), sample=(_POS,)))
+_register(Op("log1p", 1, "torch.log1p({0})", lambda s, a: s.log(1 + a), _g_log1p,
+             "log(1 + a), accurate for small a",
+             math="math.log1p({0})", domain="({0} > -1)",
+             guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),)))
+_register(Op("sqrt", 1, "torch.sqrt({0})", lambda s, a: s.sqrt(a), _g_sqrt, "square root",
+             math="math.sqrt({0})", domain="({0} >= 0)",
+             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,)))
+_register(Op("abs", 1, "torch.abs({0})", lambda s, a: s.Abs(a), _g_abs, "absolute value",
+             math="abs({0})", sample=(_ANY,)))
+_register(Op("sign", 1, "torch.sign({0})", lambda s, a: s.sign(a), None,
+             "sign (-1, 0 or 1), no gradient", math="float(({0} > 0) - ({0} < 0))",
+             sample=(_ANY,)))
+_register(Op("sigmoid", 1, "torch.sigmoid({0})", lambda s, a: s.sigmoid(a), _g_sigmoid,
+             "logistic function 1 / (1 + e ** -a)",
+             math="(1.0 / (1.0 + math.exp(-({0}))))", sample=(_ANY,)))
+_register(Op("logsigmoid", 1, "torch.nn.functional.logsigmoid({0})",
+             lambda s, a: s.logsigmoid(a), _g_logsigmoid, "log(sigmoid(a)), stable",
+             sample=(_ANY,)))
+_register(Op("softplus", 1, "torch.nn.functional.softplus({0})",
+             lambda s, a: s.softplus(a), _g_softplus, "log(1 + e ** a), stable",
+             sample=(_ANY,)))
+_register(Op("relu", 1, "torch.relu({0})", lambda s, a: s.Max(a, 0), _g_relu,
+             "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,)))
+_register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,
+             "hyperbolic tangent", math="math.tanh({0})", sample=(_ANY,)))
+_register(Op("atan", 1, "torch.atan({0})", lambda s, a: s.atan(a), _g_atan, "arc tangent",
+             math="math.atan({0})", sample=(_ANY,)))
+_register(Op("asin", 1, "torch.asin({0})", lambda s, a: s.asin(a), _g_asin, "arc sine",
+             math="math.asin({0})", domain="({0}.abs() <= 1)",
+             guard=lambda a: _clamped("asin", a, -1.0, 1.0), sample=((-0.9, 0.9),)))
+_register(Op("sin", 1, "torch.sin({0})", lambda s, a: s.sin(a), _g_sin, "sine",
+             math="math.sin({0})", sample=(_ANY,)))
+_register(Op("cos", 1, "torch.cos({0})", lambda s, a: s.cos(a), _g_cos, "cosine",
+             math="math.cos({0})", sample=(_ANY,)))
+_register(Op("erf", 1, "torch.erf({0})", lambda s, a: s.erf(a), _g_erf, "error function",
+             math="math.erf({0})", sample=(_ANY,)))
+
+# Piecewise ---------------------------------------------------------------------------
+_register(Op("min", 2, "torch.minimum({0}, {1})", lambda s, a, b: s.Min(a, b), _g_min,
+             "elementwise minimum (gradient split on ties, as torch)",
+             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY)))
+_register(Op("max", 2, "torch.maximum({0}, {1})", lambda s, a, b: s.Max(a, b), _g_max,
+             "elementwise maximum (gradient split on ties, as torch)",
+             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY)))
+_register(Op("clamp", 3, "torch.clamp({0}, {1}, {2})",
+             lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi), _g_clamp,
+             "clamp(x, lo, hi); use inf for an open side",
+             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0))))
+_register(Op("where", 3, "torch.where({0} != 0, {1}, {2})",
+             lambda s, c, a, b: s.Piecewise((a, s.Ne(c, 0)), (b, True)), _g_where,
+             "where(cond, a, b): a where cond is non-zero, else b",
+             math="({1} if {0} else {2})", sample=((0.0, 1.0), _ANY, _ANY)))
+
+# Comparisons (1.0 or 0.0, no gradient) ------------------------------------------------
+for _name, _sym, _rel in (
+    ("lt", "<", lambda a, b: a < b),
+    ("le", "<=", lambda a, b: a <= b),
+    ("gt", ">", lambda a, b: a > b),
+    ("ge", ">=", lambda a, b: a >= b),
+):
+    _register(Op(_name, 2, f"({{0}} {_sym} {{1}})", _sym_cmp(_rel), None,
+                 f"1 where a {_sym} b else 0 (no gradient)",
+                 math=f"float({{0}} {_sym} {{1}})", infix=_sym, precedence=1,
+                 comparison=True, sample=(_ANY, _ANY)))
+
+# Gradient control -----------------------------------------------------------------------
+_register(Op("stop_grad", 1, "({0}).detach()", lambda s, a: s.stop_grad(a), None,
+             "identity in value, blocks the gradient (torch .detach())",
+             math="{0}", sample=(_ANY,)))
+
+#: the ops whose torch form returns a bool tensor
+BOOL_OPS = frozenset(n for n, op in REGISTRY.items() if op.comparison)

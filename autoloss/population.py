@@ -1,0 +1,201 @@
+"""Score many candidate expressions on one batch, sharing the terminals.
+
+The evaluator prepares the batch once (the signature's columns), keeps the terminals
+(``iou``, ``enclose``, ``p``, ...) computed once per batch, and evaluates the union DAG of
+all candidates in one sweep: a subexpression shared by several candidates (mutations of
+one another share a lot) is computed once, and every intermediate tensor is freed as soon
+as its last reader has run.
+
+Candidates that fail (unknown names, a primitive applied outside its domain in exact
+mode, non-finite values) come back as :class:`Failure` with a reason instead of raising,
+so a search can reject them and go on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from . import autodiff, ops
+from . import expr as E
+from .compiler import Mode, check_names, link, prepare
+from .errors import AutolossError
+from .expr import Call, Const, Expr, Param, Var
+from .signatures import Signature
+from .signatures import get as get_signature
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a candidate could not be evaluated."""
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@dataclass
+class Result:
+    """Value (the signature's output shape) and, if asked, column gradients."""
+
+    value: torch.Tensor
+    grads: Optional[dict[str, torch.Tensor]] = None
+
+
+def bind(expression: Expr, values: Optional[Mapping[str, float]] = None) -> Expr:
+    """Replace parameters by constants (their defaults unless ``values`` names them)."""
+    values = dict(values or {})
+
+    def fn(node: Expr, ch) -> Expr:
+        if type(node) is Param:
+            return Const(values.get(node.name, node.default))
+        return node.rebuild(ch)
+
+    return E.transform(expression, fn)
+
+
+class PopulationEvaluator:
+    """Evaluate a population of expressions of one signature on one batch.
+
+    Args:
+        signature: the signature (name or object).
+        inputs: the batch, as the signature's inputs (e.g. ``pred, target``).
+        mode: ``"search"`` (guarded ops, the default for candidates) or ``"exact"``.
+        grad_inputs: indices of the inputs whose column gradients :meth:`evaluate`
+            returns with ``grad=True`` (default: the first input, the prediction).
+    """
+
+    def __init__(self, signature: Signature | str, inputs: Sequence[torch.Tensor], *,
+                 mode: Mode = "search", grad_inputs: Sequence[int] = (0,),
+                 params: Optional[Mapping[str, float]] = None):
+        self.signature = get_signature(signature) if isinstance(signature, str) else signature
+        sig = self.signature
+        with torch.no_grad():
+            self.prep = sig.prepare("population", *sig.check(tuple(inputs), "population"))
+        self.mode = mode
+        self.columns = {Var(n): t for n, t in zip(sig.columns, self.prep.columns)}
+        self.grad_columns = [c for c, i in zip(sig.columns, sig.column_input)
+                             if i is not None and i in set(grad_inputs)]
+        self.sig_params = {k: p.default for k, p in sig.params.items()}
+        self.sig_params.update(params or {})
+        ref = self.prep.columns[0]
+        self.dtype, self.device = ref.dtype, ref.device
+        self._consts: dict[float, torch.Tensor] = {}
+        # terminals are kept for the lifetime of the evaluator: computed once per batch
+        self.terminal_nodes: set[Expr] = set()
+        bound = {k: bind(t, self.sig_params) for k, t in sig.definitions.items()}
+        for name in bound:
+            self.terminal_nodes.add(autodiff.inline(Var(name), bound))
+        self.cache: dict[Expr, torch.Tensor] = dict(self.columns)
+        self.nodes_evaluated = 0
+
+    # -- building the DAG ------------------------------------------------------------------
+    def graph(self, expression: Expr, params: Optional[Mapping[str, float]] = None) -> Expr:
+        """The evaluable DAG of one candidate (parameters bound, terminals inlined)."""
+        check_names(expression, self.signature)
+        values = dict(self.sig_params)
+        values.update(params or {})
+        body = prepare(bind(expression, values), self.signature, self.mode)
+        graph, _ = link(body, self.signature)
+        return bind(graph, self.sig_params)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, expressions: Sequence[Expr], *, grad: bool = False,
+                 params: Optional[Sequence[Optional[Mapping[str, float]]]] = None,
+                 ) -> list[Result | Failure]:
+        """Evaluate every expression; failures are returned, not raised."""
+        params = list(params) if params is not None else [None] * len(expressions)
+        roots: list[Optional[list[Expr]]] = []
+        out: list[Result | Failure | None] = []
+        for expression, p in zip(expressions, params):
+            try:
+                g = self.graph(expression, p)
+                nodes = [g]
+                if grad:
+                    adj = autodiff.vjp(g, self.grad_columns)
+                    nodes += [adj[c] for c in self.grad_columns]
+                roots.append(nodes)
+                out.append(None)
+            except (AutolossError, ValueError, RecursionError) as err:
+                roots.append(None)
+                out.append(Failure(f"does not compile: {err}"))
+        values = self._run([n for r in roots if r is not None for n in r])
+        for i, nodes in enumerate(roots):
+            if nodes is None:
+                continue
+            tensors = [values.get(n) for n in nodes]
+            bad = next((t for t in tensors if isinstance(t, Failure)), None)
+            if bad is not None:
+                out[i] = bad
+                continue
+            value = self._shape(tensors[0])
+            grads = None
+            if grad:
+                grads = {c: self._shape(t) for c, t in zip(self.grad_columns, tensors[1:])}
+            out[i] = Result(value, grads)
+        return out  # type: ignore[return-value]
+
+    def values(self, expressions: Sequence[Expr]) -> list[torch.Tensor | Failure]:
+        """Loss values only (the signature's output shape), failures in place."""
+        return [r.value if isinstance(r, Result) else r for r in self.evaluate(expressions)]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _const(self, value: float) -> torch.Tensor:
+        t = self._consts.get(value)
+        if t is None:
+            t = self._consts[value] = torch.tensor(value, dtype=self.dtype, device=self.device)
+        return t
+
+    def _shape(self, t: torch.Tensor) -> torch.Tensor:
+        shape = self.prep.columns[0].shape
+        return t.expand(shape) if t.shape != shape else t
+
+    def _run(self, roots: Sequence[Expr]) -> dict[Expr, torch.Tensor | Failure]:
+        order = E.postorder_many(roots)
+        remaining: dict[Expr, int] = {}
+        for node in order:
+            for child in node.children:
+                remaining[child] = remaining.get(child, 0) + 1
+        wanted = set(roots)
+        live: dict[Expr, torch.Tensor | Failure] = {}
+        results: dict[Expr, torch.Tensor | Failure] = {}
+        for node in order:
+            if node in self.cache:
+                value = self.cache[node]
+            elif type(node) is Const:
+                value = self._const(node.value)
+            elif type(node) is Call:
+                args = [live[a] if a in live else self.cache[a] if a in self.cache
+                        else self._const(a.value) for a in node.args]
+                fail = next((a for a in args if isinstance(a, Failure)), None)
+                value = fail if fail is not None else self._apply(node, args)
+                self.nodes_evaluated += 1
+                if node in self.terminal_nodes and not isinstance(value, Failure):
+                    self.cache[node] = value
+            else:
+                value = Failure(f"unbound variable or parameter {E.to_infix(node)!r}")
+            live[node] = value
+            if node in wanted:
+                results[node] = value
+            for child in node.children:
+                remaining[child] -= 1
+                if remaining[child] == 0:
+                    live.pop(child, None)
+        return results
+
+    def _apply(self, node: Call, args: list[torch.Tensor]) -> torch.Tensor | Failure:
+        op = node.op
+        try:
+            if op == "where":
+                value = torch.where(args[0] != 0, args[1], args[2])
+            elif op == "stop_grad":
+                value = args[0]
+            else:
+                value = ops.REGISTRY[op].fn(*args)
+                if op in ops.BOOL_OPS:
+                    value = value.to(self.dtype)
+        except RuntimeError as err:
+            return Failure(f"{op}() failed: {err}")
+        return value

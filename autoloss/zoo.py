@@ -1,0 +1,108 @@
+"""The loss zoo: every catalog entry as a ready torch module.
+
+>>> from autoloss import zoo
+>>> loss = zoo.build("giou", reduction="mean")
+>>> loss(pred_boxes, target_boxes)               # doctest: +SKIP
+
+``names()`` lists the ids, ``get(id)`` returns the :class:`~autoloss.catalog.LossSpec`
+(title, paper, survey section, signature, expression, defaults), ``build(id, ...)`` a
+``torch.nn.Module`` whose ``forward`` takes the signature's inputs in order (plus
+optional per-element ``weight`` and ``avg_factor`` as mmdetection's losses take them).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import catalog
+from .catalog import LossSpec
+from .compiler import CompiledLoss, compile_loss
+from .errors import UnknownNameError, did_you_mean
+from .signatures import get as get_signature
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def names() -> list[str]:
+    """All zoo ids, sorted."""
+    return catalog.ids()
+
+
+def get(loss_id: str) -> LossSpec:
+    """The catalog entry of ``loss_id``."""
+    return catalog.get(loss_id)
+
+
+def compiled(loss_id: str) -> CompiledLoss:
+    """The compiled loss behind ``build(loss_id)`` (source, gradient functions, hash)."""
+    spec = get(loss_id)
+    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title)
+
+
+class ZooLoss(torch.nn.Module):
+    """A zoo loss as a module; see :func:`build`."""
+
+    spec: LossSpec
+
+    def __init__(self, reduction: str = "none", **params):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{self.spec.id}: reduction must be one of {_REDUCTIONS}, "
+                             f"got {reduction!r}")
+        self.loss = compiled(self.spec.id)
+        self.loss.values(params)  # validates names and values now, not at the first call
+        self.reduction = reduction
+        self.params = {k: float(v) for k, v in params.items()}
+
+    def forward(self, *inputs, weight=None, avg_factor=None) -> torch.Tensor:
+        return self.loss(*inputs, reduction=self.reduction, weight=weight,
+                         avg_factor=avg_factor, **self.params)
+
+    def extra_repr(self) -> str:
+        values = dict(self.loss.defaults)
+        values.update(self.params)
+        shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        return f"reduction={self.reduction!r}" + (f", {shown}" if shown else "")
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _docstring(spec: LossSpec) -> str:
+    sig = get_signature(spec.signature)
+    inputs = "\n".join(f"        {i.name}: {i.shape} {i.doc}" for i in sig.inputs)
+    params = "\n".join(
+        f"        {p.name} = {p.default:g}" + (f"  (search range [{p.low:g}, {p.high:g}])"
+                                              if p.low is not None else "")
+        for p in spec.params.values())
+    formula = "\n".join("        " + line for line in spec.formula().splitlines())
+    return (f"{spec.title}.\n\n    {spec.paper}\n    Survey section {spec.section}; "
+            f"signature {spec.signature!r}, output {sig.output}.\n\n    Formula:\n{formula}\n\n"
+            f"    Inputs:\n{inputs}\n" + (f"\n    Parameters:\n{params}\n" if params else "")
+            + (f"\n    Notes: {spec.notes}\n" if spec.notes else "")
+            + (f"\n    Reference: {spec.reference}\n" if spec.reference else ""))
+
+
+def module_class(loss_id: str) -> type:
+    """The ``nn.Module`` subclass of a zoo id (its docstring carries the formula)."""
+    cls = _CLASSES.get(loss_id)
+    if cls is None:
+        spec = get(loss_id)
+        cls = type(f"{''.join(w.title() for w in loss_id.split('_'))}Loss", (ZooLoss,),
+                   {"spec": spec, "__doc__": _docstring(spec), "__module__": __name__})
+        _CLASSES[loss_id] = cls
+    return cls
+
+
+def build(loss_id: str, reduction: str = "none", **params) -> ZooLoss:
+    """A ``torch.nn.Module`` computing zoo loss ``loss_id``.
+
+    Args:
+        loss_id: a zoo id (see :func:`names`).
+        reduction: ``"none"`` (per element, the signature's output shape), ``"mean"`` or
+            ``"sum"``. The mean of an empty batch is 0 with a gradient.
+        **params: parameter values overriding the catalog defaults (e.g. ``gamma=1.5``),
+            including the signature's ``eps``.
+    """
+    if loss_id not in catalog.default().losses:
+        raise UnknownNameError(f"unknown zoo id {loss_id!r}; {did_you_mean(loss_id, names())}")
+    return module_class(loss_id)(reduction=reduction, **params)

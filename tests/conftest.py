@@ -1,0 +1,82 @@
+"""Shared fixtures: inputs per signature, degenerate cases, perfect predictions."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(1)
+
+from autoloss import zoo  # noqa: E402
+from autoloss.signatures import get as get_signature  # noqa: E402
+
+ZOO_IDS = zoo.names()
+
+
+def sample(signature: str, n: int, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(get_signature(signature).sample(n, g, dtype=dtype))
+
+
+def float_inputs(inputs):
+    """Indices of the floating-point inputs (the differentiable ones)."""
+    return [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def degenerate(signature: str, dtype=torch.float64):
+    """Inputs at the edges of the domain: the cases losses are most often wrong on."""
+    if signature == "box":
+        t = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * 7, dtype=dtype)
+        p = torch.tensor([
+            [0.0, 0.0, 2.0, 2.0],        # identical
+            [1.0, 1.0, 1.0, 1.0],        # zero-area prediction inside the target
+            [5.0, 5.0, 7.0, 8.0],        # disjoint
+            [0.5, 0.5, 1.5, 1.5],        # nested inside
+            [-1.0, -1.0, 3.0, 3.0],      # nesting the target
+            [2.0, 0.0, 4.0, 2.0],        # adjacent (touching edge)
+            [1.0, -3.0, 1.5, 9.0],       # thin and crossing
+        ], dtype=dtype)
+        return p, t
+    if signature == "coord":
+        p = torch.tensor([[0.0, 1.0, -1.0, 50.0], [1e-9, -1e-9, 0.0, -50.0]], dtype=dtype)
+        t = torch.tensor([[0.0, 1.0, 1.0, -50.0], [0.0, 0.0, 0.0, 50.0]], dtype=dtype)
+        return p, t
+    if signature == "sigmoid":
+        x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 50.0], [0.0, 0.0, -50.0]], dtype=dtype)
+        t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.3], [0.0, 1.0, 0.0]], dtype=dtype)
+        return x, t
+    if signature == "softmax":
+        x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype)
+        y = torch.tensor([0, 0, 2])
+        q = torch.tensor([1.0, 0.0, 0.5], dtype=dtype)
+        return x, y, q
+    if signature == "dist":
+        x = torch.tensor([[50.0, -50.0, 0.0, 0.0], [-50.0, 50.0, -50.0, 0.0],
+                          [0.0, 0.0, 0.0, 0.0]], dtype=dtype)
+        y = torch.tensor([0.0, 1.0, 2.999], dtype=dtype)
+        return x, y
+    raise KeyError(signature)
+
+
+def perfect(signature: str, n: int = 16, seed: int = 0, dtype=torch.float64):
+    """A prediction equal to its target (saturated logits for classification)."""
+    inputs = sample(signature, n, seed, dtype)
+    if signature in ("box", "coord"):
+        return inputs[1].clone(), inputs[1]
+    if signature == "sigmoid":
+        t = (inputs[1] > 0).to(dtype)
+        return (t * 2 - 1) * 40.0, t
+    if signature == "softmax":
+        logits, labels, _ = inputs
+        x = torch.full_like(logits, -40.0)
+        x[torch.arange(len(labels)), labels] = 40.0
+        return x, labels, torch.rand(len(labels), dtype=dtype)
+    return None
+
+
+@pytest.fixture(params=ZOO_IDS)
+def zoo_id(request):
+    return request.param

@@ -1,0 +1,349 @@
+"""Independent reference implementations of the first-wave zoo losses.
+
+Written from the papers and from the conventions of the libraries CATALOG.md names
+(torchvision, mmdetection, the CSE-Autoloss repo, Instinct323/wiou, Jacobi93/Alpha-IoU),
+in plain eager torch with autograd, without going through autoloss. Each function takes
+the zoo's call convention and returns the unreduced loss; tests compare values and
+gradients in float64.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-7
+
+
+def _unbind(b):
+    return b.unbind(dim=-1)
+
+
+def _inter_union(b1, b2):
+    # torchvision _loss_inter_union: intersection only where both extents are positive
+    x1, y1, x2, y2 = _unbind(b1)
+    x1g, y1g, x2g, y2g = _unbind(b2)
+    xkis1, ykis1 = torch.max(x1, x1g), torch.max(y1, y1g)
+    xkis2, ykis2 = torch.min(x2, x2g), torch.min(y2, y2g)
+    intsct = torch.zeros_like(x1)
+    mask = (ykis2 > ykis1) & (xkis2 > xkis1)
+    intsct[mask] = (xkis2[mask] - xkis1[mask]) * (ykis2[mask] - ykis1[mask])
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intsct
+    return intsct, union
+
+
+def _enclosing(b1, b2):
+    x1, y1, x2, y2 = _unbind(b1)
+    x1g, y1g, x2g, y2g = _unbind(b2)
+    return (torch.max(x2, x2g) - torch.min(x1, x1g)), (torch.max(y2, y2g) - torch.min(y1, y1g))
+
+
+def _centers(b):
+    x1, y1, x2, y2 = _unbind(b)
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+def iou(pred, target):
+    inter, union = _inter_union(pred, target)
+    return 1 - inter / (union + EPS)
+
+
+def log_iou(pred, target):
+    inter, union = _inter_union(pred, target)
+    return -(inter / (union + EPS)).clamp(min=1e-6).log()
+
+
+def iou_square(pred, target):
+    inter, union = _inter_union(pred, target)
+    return 1 - (inter / (union + EPS)) ** 2
+
+
+def bounded_iou(pred, target, beta=0.2, eps=1e-3):
+    pcx, pcy = _centers(pred)
+    pw, ph = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
+    with torch.no_grad():
+        tcx, tcy = _centers(target)
+        tw, th = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+    dx, dy = tcx - pcx, tcy - pcy
+    zero = torch.zeros_like(dx)
+    lx = 1 - torch.max((tw - 2 * dx.abs()) / (tw + 2 * dx.abs() + eps), zero)
+    ly = 1 - torch.max((th - 2 * dy.abs()) / (th + 2 * dy.abs() + eps), zero)
+    lw = 1 - torch.min(tw / (pw + eps), pw / (tw + eps))
+    lh = 1 - torch.min(th / (ph + eps), ph / (th + eps))
+    comb = torch.stack([lx, ly, lw, lh], dim=-1)
+    loss = torch.where(comb < beta, 0.5 * comb * comb / beta, comb - 0.5 * beta)
+    return loss.sum(-1)
+
+
+def giou(pred, target):
+    inter, union = _inter_union(pred, target)
+    cw, ch = _enclosing(pred, target)
+    area_c = cw * ch
+    return 1 - (inter / (union + EPS) - (area_c - union) / (area_c + EPS))
+
+
+def _diou_parts(pred, target):
+    inter, union = _inter_union(pred, target)
+    iou_ = inter / (union + EPS)
+    cw, ch = _enclosing(pred, target)
+    diag = cw ** 2 + ch ** 2 + EPS
+    xp, yp = _centers(pred)
+    xg, yg = _centers(target)
+    dist = (xp - xg) ** 2 + (yp - yg) ** 2
+    return iou_, dist / diag, cw, ch
+
+
+def diou(pred, target):
+    iou_, pen, _, _ = _diou_parts(pred, target)
+    return 1 - iou_ + pen
+
+
+def ciou(pred, target):
+    # torchvision complete_box_iou_loss, heights + eps inside atan as mmdetection/ultralytics
+    iou_, pen, _, _ = _diou_parts(pred, target)
+    w_p, h_p = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + EPS
+    w_g, h_g = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + EPS
+    v = (4 / (math.pi ** 2)) * torch.pow(torch.atan(w_g / h_g) - torch.atan(w_p / h_p), 2)
+    with torch.no_grad():
+        alpha = v / (1 - iou_ + v + EPS)
+    return 1 - iou_ + pen + alpha * v
+
+
+def _eiou(pred, target):
+    iou_, pen, cw, ch = _diou_parts(pred, target)
+    w_p, h_p = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
+    w_g, h_g = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+    return 1 - iou_ + pen + (w_p - w_g) ** 2 / (cw ** 2 + EPS) + (h_p - h_g) ** 2 / (ch ** 2 + EPS), iou_
+
+
+def eiou(pred, target):
+    return _eiou(pred, target)[0]
+
+
+def focal_eiou(pred, target, gamma=0.5):
+    loss, iou_ = _eiou(pred, target)
+    return iou_.clamp(min=EPS) ** gamma * loss
+
+
+def eiou_ext(pred, target, smooth_point=0.1, eps=EPS):
+    # mmdetection eiou_loss
+    px1, py1, px2, py2 = _unbind(pred)
+    tx1, ty1, tx2, ty2 = _unbind(target)
+    ex1, ey1 = torch.min(px1, tx1), torch.min(py1, ty1)
+    ix1, iy1 = torch.max(px1, tx1), torch.max(py1, ty1)
+    ix2, iy2 = torch.min(px2, tx2), torch.min(py2, ty2)
+    xmin, ymin = torch.min(ix1, ix2), torch.min(iy1, iy2)
+    xmax, ymax = torch.max(ix1, ix2), torch.max(iy1, iy2)
+    inter = ((ix2 - ex1) * (iy2 - ey1) + (xmin - ex1) * (ymin - ey1)
+             - (ix1 - ex1) * (ymax - ey1) - (xmax - ex1) * (iy1 - ey1))
+    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter + eps
+    ious = 1 - inter / union
+    sign = (ious < smooth_point).detach().float()
+    return 0.5 * sign * ious ** 2 / smooth_point + (1 - sign) * (ious - 0.5 * smooth_point)
+
+
+def siou(pred, target, theta=4.0, eps=EPS):
+    # mmdetection siou_loss(neg_gamma=True): the paper's sign
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    ious = overlap / (ap + ag - overlap + eps)
+    enc = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=eps)
+    cw, ch = enc[:, 0], enc[:, 1]
+    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
+    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
+    s_cw = (target[:, 0] + target[:, 2] - pred[:, 0] - pred[:, 2]) * 0.5 + eps
+    s_ch = (target[:, 1] + target[:, 3] - pred[:, 1] - pred[:, 3]) * 0.5 + eps
+    sigma = torch.pow(s_cw ** 2 + s_ch ** 2, 0.5)
+    sin1, sin2 = torch.abs(s_cw) / sigma, torch.abs(s_ch) / sigma
+    sin_alpha = torch.where(sin1 > pow(2, 0.5) / 2, sin2, sin1)
+    angle = torch.cos(torch.asin(sin_alpha) * 2 - math.pi / 2)
+    gamma = angle - 2
+    dist = 2 - torch.exp(gamma * (s_cw / cw) ** 2) - torch.exp(gamma * (s_ch / ch) ** 2)
+    ow = torch.abs(w1 - w2) / torch.max(w1, w2)
+    oh = torch.abs(h1 - h2) / torch.max(h1, h2)
+    shape = torch.pow(1 - torch.exp(-ow), theta) + torch.pow(1 - torch.exp(-oh), theta)
+    return 1 - (ious - 0.5 * (dist + shape)).clamp(min=-1.0, max=1.0)
+
+
+def alpha_iou(pred, target, alpha=3.0):
+    inter, union = _inter_union(pred, target)
+    return 1 - (inter / (union + EPS)) ** alpha
+
+
+def wiou(pred, target):
+    # Instinct323/wiou _WIoU, v1 (eps added to the detached enclosing diagonal)
+    inter, union = _inter_union(pred, target)
+    cw, ch = _enclosing(pred, target)
+    xp, yp = _centers(pred)
+    xg, yg = _centers(target)
+    l2_center = (xp - xg) ** 2 + (yp - yg) ** 2
+    return torch.exp(l2_center / (cw ** 2 + ch ** 2 + EPS).detach()) * (1 - inter / (union + EPS))
+
+
+def mpdiou(pred, target, img_w=640.0, img_h=640.0):
+    inter, union = _inter_union(pred, target)
+    d1 = (pred[:, 0] - target[:, 0]) ** 2 + (pred[:, 1] - target[:, 1]) ** 2
+    d2 = (pred[:, 2] - target[:, 2]) ** 2 + (pred[:, 3] - target[:, 3]) ** 2
+    norm = img_w ** 2 + img_h ** 2
+    return 1 - (inter / (union + EPS) - d1 / norm - d2 / norm)
+
+
+def inner_iou(pred, target, ratio=0.7):
+    xp, yp = _centers(pred)
+    xg, yg = _centers(target)
+    wp, hp = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
+    wg, hg = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+    b1 = torch.stack([xp - wp * ratio / 2, yp - hp * ratio / 2, xp + wp * ratio / 2, yp + hp * ratio / 2], 1)
+    b2 = torch.stack([xg - wg * ratio / 2, yg - hg * ratio / 2, xg + wg * ratio / 2, yg + hg * ratio / 2], 1)
+    inter, _ = _inter_union(b1, b2)
+    union = wp * hp * ratio ** 2 + wg * hg * ratio ** 2 - inter + EPS
+    return 1 - inter / union
+
+
+def _cse_uie(pred, target, eps=EPS):
+    # CSE-Autoloss tools/get_loss.py reg_loss
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    enc = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
+    enclose = enc[:, 0] * enc[:, 1] + eps
+    union = ap + ag - overlap + eps
+    return union, overlap, enclose
+
+
+# the repo's protected primitives
+def _div(a, b):
+    return a / (b + 1e-20)
+
+
+def cse_autoloss_a_reg(pred, target):
+    U, I, E = _cse_uie(pred, target)
+    # Add(1,Neg(Add(Div(I,U),Neg(Div(Add(E,Neg(Add(I,2))),E)))))
+    return 1 + -(_div(I, U) + -_div(E + -(I + 2), E))
+
+
+def cse_autoloss_b_reg(pred, target):
+    U, I, E = _cse_uie(pred, target)
+    # Neg(Div(Add(Div(Neg(Add(Neg(E),Add(1,I))),Neg(Add(3,Add(2,U)))),
+    #             Add(Div(E,E),Div(Neg(E),Neg(1)))),
+    #         Neg(Add(Div(Neg(Add(U,Div(I,1))),Neg(3)),Neg(E)))))
+    num = _div(-(-E + (1 + I)), -(3 + (2 + U))) + (_div(E, E) + _div(-E, torch.full_like(E, -1.0)))
+    den = -(_div(-(U + _div(I, torch.ones_like(I))), torch.full_like(U, -3.0)) + -E)
+    return -_div(num, den)
+
+
+def l1(pred, target):
+    return (pred - target).abs()
+
+
+def mse(pred, target):
+    return (pred - target) ** 2
+
+
+def smooth_l1(pred, target, beta=1.0):
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="none")
+
+
+def balanced_l1(pred, target, alpha=0.5, gamma=1.5, beta=1.0):
+    diff = torch.abs(pred - target)
+    b = math.e ** (gamma / alpha) - 1
+    return torch.where(
+        diff < beta,
+        alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff,
+        gamma * diff + gamma / b - alpha * beta)
+
+
+def bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def focal(logits, target, alpha=0.25, gamma=2.0):
+    # torchvision sigmoid_focal_loss
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss
+
+
+def qfl(logits, target, beta=2.0):
+    # mmdetection quality_focal_loss_tensor_target
+    p = logits.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * p.pow(beta)
+    pos = target != 0
+    scale = target[pos] - p[pos]
+    loss[pos] = F.binary_cross_entropy_with_logits(logits[pos], target[pos], reduction="none") * scale.abs().pow(beta)
+    return loss
+
+
+def vfl(logits, target, alpha=0.75, gamma=2.0):
+    # mmdetection varifocal_loss, iou_weighted
+    p = logits.sigmoid()
+    weight = target * (target > 0.0).float() + alpha * (p - target).abs().pow(gamma) * (target <= 0.0).float()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+
+
+def _serf(x):
+    return (torch.erf(math.sqrt(math.pi) / 2 * x / 2) + 1) / 2
+
+
+def _sgdf(x):
+    x = x * math.pi / 4
+    x = 2 * torch.atan(torch.tanh(x / 2))
+    return (x * 2 / math.pi + 1) / 2
+
+
+def cse_autoloss_b_cls(logits, target, alpha=0.25):
+    # binary_cls_loss: func(X, Q, PY, NY), then alpha_t; logs computed stably
+    q = target
+    y = (target > 0).to(logits.dtype)
+    ny = 1 - y
+    log_p = F.logsigmoid(logits)
+    log_1mp = F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    loss = -(q * ((1 + _serf(torch.sigmoid(ny))) * log_p)
+             + (_sgdf(logits) + -q) * ((1 + -q) + -(1 + -p)) * log_1mp)
+    return (alpha * y + (1 - alpha) * (1 - y)) * loss
+
+
+def softmax_ce(logits, labels, quality=None):
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def poly1(logits, labels, quality=None, epsilon=1.0):
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    pt = torch.softmax(logits, 1).gather(1, labels[:, None])[:, 0]
+    return ce + epsilon * (1 - pt)
+
+
+def cse_autoloss_a_cls(logits, labels, quality=None):
+    # Neg(Dot(Mul(Y,Add(1,Sin(Z))),Log(Softmax(X)))), Z = quality (1 where not given)
+    z = torch.ones_like(logits[:, 0]) if quality is None else quality
+    y = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return -((y * (1 + torch.sin(z))[:, None]) * torch.log_softmax(logits, 1)).sum(1)
+
+
+def dfl(logits, target):
+    # mmdetection distribution_focal_loss
+    left = target.long()
+    right = left + 1
+    wl = right.to(target.dtype) - target
+    wr = target - left.to(target.dtype)
+    return (F.cross_entropy(logits, left, reduction="none") * wl
+            + F.cross_entropy(logits, right, reduction="none") * wr)
+
+
+REFERENCES = {
+    name: fn for name, fn in globals().items()
+    if callable(fn) and not name.startswith("_") and name not in {"math", "torch", "F"}
+}
