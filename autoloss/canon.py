@@ -28,20 +28,34 @@ from .expr import Call, Const, Expr, Param, Var
 
 
 # ------------------------------------------------------------------------------ canonical
-class _Canon:
+class Canonicalizer:
+    """Canonical forms with a memo: reuse one instance across many expressions."""
+
     def __init__(self):
         self.keys: dict[Expr, str] = {}
+        self.memo: dict[Expr, Expr] = {}
 
     def key(self, node: Expr) -> str:
+        """A total order on canonical nodes (numbers, parameters, variables, calls)."""
         k = self.keys.get(node)
         if k is None:
-            rank = {Const: "0", Param: "1", Var: "2", Call: "3"}[type(node)]
-            k = rank + E.to_infix(node)
-            self.keys[node] = k
+            for n in E.postorder(node, self.keys):
+                if n in self.keys:
+                    continue
+                if type(n) is Const:
+                    k = "0" + repr(n.value)
+                elif type(n) is Param:
+                    k = "1" + n.name
+                elif type(n) is Var:
+                    k = "2" + n.name
+                else:
+                    k = "3" + n.op + "(" + ",".join(self.keys[a] for a in n.args) + ")"
+                self.keys[n] = k
+            k = self.keys[node]
         return k
 
-    def run(self, root: Expr) -> Expr:
-        return E.transform(root, self.node)
+    def __call__(self, root: Expr) -> Expr:
+        return E.transform(root, self.node, self.memo)
 
     def node(self, node: Expr, ch) -> Expr:
         if type(node) is not Call:
@@ -145,6 +159,11 @@ class _Canon:
             else:
                 factors.append(p)
         factors.sort(key=self.key)
+        if constant != 1.0 and len(factors) == 1 and type(factors[0]) is Call \
+                and factors[0].op == "add":
+            # a number times a sum distributes: -(y - x) and x - y are one form
+            return self.add([self.mul([Const(constant), t])
+                             for t in self._flatten([factors[0]], "add")])
         if constant != 1.0 or not factors:
             factors.insert(0, Const(constant))
         return self._chain("mul", factors)
@@ -175,7 +194,7 @@ class _Canon:
 
 def canonical(root: Expr) -> Expr:
     """The canonical form of ``root`` (see the module docstring)."""
-    return _Canon().run(root)
+    return Canonicalizer()(root)
 
 
 def serialize(root: Expr) -> str:
@@ -234,7 +253,8 @@ def _neg(x: Expr) -> Expr:
     return canonical(Call("mul", (Const(-1.0), x)))
 
 
-def rewrite_stable(root: Expr, defs: Mapping[str, Expr] = {}) -> Expr:  # noqa: B006
+def rewrite_stable(root: Expr, defs: Mapping[str, Expr] = {},  # noqa: B006
+                   memo: Optional[dict[Expr, Expr]] = None) -> Expr:
     """Numerically stable rewrites of a canonical expression.
 
     * ``log(sigmoid(x)) -> logsigmoid(x)``, ``log(1 - sigmoid(x)) -> logsigmoid(-x)``
@@ -280,7 +300,7 @@ def rewrite_stable(root: Expr, defs: Mapping[str, Expr] = {}) -> Expr:  # noqa: 
                 return Call("abs", (a.args[0],))
         return node
 
-    return E.transform(root, fn)
+    return E.transform(root, fn, memo)
 
 
 # ---------------------------------------------------------------------------------- lower
@@ -302,18 +322,18 @@ def split_coeff(term: Expr) -> tuple[float, Expr | None]:
     if type(term) is Call and term.op == "mul":
         factors = _flat(term, "mul")
         if type(factors[0]) is Const:
-            return factors[0].value, _Canon._chain("mul", factors[1:])
+            return factors[0].value, Canonicalizer._chain("mul", factors[1:])
     return 1.0, term
 
 
-def lower(root: Expr) -> Expr:
+def lower(root: Expr, memo: Optional[dict[Expr, Expr]] = None) -> Expr:
     """Turn canonical sums/products back into ``-``, ``/`` and unary minus.
 
     ``a + (-1) * b -> a - b``, ``a * b ** -1 -> a / b``, ``(-1) * a -> -a``,
     ``x ** 0.5 -> sqrt(x)``, ``x ** -1 -> 1 / x``: the same function with the fewest
     cheap ops, which is what the compiler differentiates and emits.
     """
-    memo: dict[Expr, Expr] = {}
+    memo = {} if memo is None else memo
 
     def low(node: Expr) -> Expr:
         done = memo.get(node)
@@ -378,3 +398,113 @@ def _power(base: Expr, k: float) -> Expr:
     if k == 0.5:
         return Call("sqrt", (base,))
     return Call("pow", (base, Const(k)))
+
+
+# ------------------------------------------------------------------------------- factor
+def _signed_terms(node: Expr) -> list[tuple[float, Expr]]:
+    out: list[tuple[float, Expr]] = []
+    stack: list[tuple[float, Expr]] = [(1.0, node)]
+    while stack:
+        sign, x = stack.pop()
+        if type(x) is Call and x.op == "add":
+            stack += [(sign, x.args[1]), (sign, x.args[0])]
+        elif type(x) is Call and x.op == "sub":
+            stack += [(-sign, x.args[1]), (sign, x.args[0])]
+        elif type(x) is Call and x.op == "neg":
+            stack.append((-sign, x.args[0]))
+        else:
+            out.append((sign, x))
+    return out
+
+
+def _sum(terms: list[tuple[float, Expr]]) -> Expr:
+    out: Optional[Expr] = None
+    for sign, t in terms:
+        if out is None:
+            out = t if sign > 0 else E.neg(t)
+        else:
+            out = E.add(out, t) if sign > 0 else E.sub(out, t)
+    return out if out is not None else Const(0.0)
+
+
+def _product(factors: list[Expr]) -> Expr:
+    out: Expr = Const(1.0)
+    for f in factors:
+        out = E.mul(out, f)
+    return out
+
+
+def _factor_sum(node: Expr) -> Expr:
+    terms = _signed_terms(node)
+    if len(terms) < 2:
+        return node
+    split = []
+    for sign, term in terms:
+        factors = []
+        for f in _flat(term, "mul"):
+            if type(f) is Call and f.op == "neg":
+                sign, f = -sign, f.args[0]
+            factors.append(f)
+        split.append((sign, factors))
+    counts: dict[Expr, int] = {}
+    for _, factors in split:
+        for f in set(factors):
+            if type(f) is not Const:
+                counts[f] = counts.get(f, 0) + 1
+    best = max(counts, key=lambda f: counts[f], default=None)
+    if best is None or counts[best] < 2:
+        return node
+    inner, rest = [], []
+    for sign, factors in split:
+        if best in factors:
+            factors = list(factors)
+            factors.remove(best)
+            inner.append((sign, _product(factors)))
+        else:
+            rest.append((sign, _product(factors)))
+    out = E.mul(best, _factor_sum(_sum(inner)))
+    if rest:
+        out = E.add(out, _factor_sum(_sum(rest)))
+    return out
+
+
+def factor(root: Expr, memo: Optional[dict[Expr, Expr]] = None) -> Expr:
+    """Pull common factors out of sums: ``a*b + a*c -> a*(b + c)`` (greedy, exact algebra).
+
+    Applied to gradients, whose chain-rule terms share many factors; fewer multiplies.
+    """
+
+    def fn(node: Expr, ch) -> Expr:
+        node = node.rebuild(ch)
+        if type(node) is Call and node.op in ("add", "sub"):
+            return _factor_sum(node)
+        return node
+
+    return E.transform(root, fn, memo)
+
+
+def share_logsigmoid(roots: list[Expr]) -> list[Expr]:
+    """Where ``logsigmoid(z)`` and ``logsigmoid(-z)`` both appear, compute them from one
+    ``L = log1p(exp(-|z|))``: ``logsigmoid(z) = min(z, 0) - L``, ``logsigmoid(-z) =
+    -max(z, 0) - L`` (exact, as BCE-with-logits does; one transcendental pass instead of two).
+
+    An emission step: it runs after differentiation and leaves gradients untouched.
+    """
+    nodes = E.postorder_many(roots)
+    found = {n for n in nodes if type(n) is Call and n.op == "logsigmoid"}
+    pairs: dict[Expr, Expr] = {}
+    for n in found:
+        z = n.args[0]
+        if type(z) is Call and z.op == "neg":
+            continue
+        twin = Call("logsigmoid", (Call("neg", (z,)),))
+        if twin in found:
+            shared = Call("log1p", (Call("exp", (Call("neg", (Call("abs", (z,)),)),)),))
+            zero = Const(0.0)
+            pairs[n] = Call("sub", (Call("min", (z, zero)), shared))
+            pairs[twin] = Call("sub", (Call("neg", (Call("max", (z, zero)),)), shared))
+    if not pairs:
+        return list(roots)
+    memo: dict[Expr, Expr] = {}
+    return [E.transform(r, lambda node, ch: pairs.get(node) or node.rebuild(ch), memo)
+            for r in roots]

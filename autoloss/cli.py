@@ -2,6 +2,7 @@
 
     autoloss zoo list              every survey section and the losses it holds so far
     autoloss zoo show ID           formula, LaTeX, paper, defaults and generated torch source
+    autoloss zoo table             the zoo as a markdown table (the README's)
 """
 from __future__ import annotations
 
@@ -58,6 +59,28 @@ def zoo_list(args) -> int:
     return 0
 
 
+def zoo_table(args) -> int:
+    """The README's zoo table (markdown), generated from the catalog."""
+    print(markdown_table())
+    return 0
+
+
+def markdown_table() -> str:
+    cat = catalog.default()
+    lines = ["| id | section | signature | loss | paper | defaults |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for sec in cat.sections:
+        for sub in sec.subsections:
+            for spec in sorted((s for s in cat.losses.values() if s.section == sub.id),
+                               key=lambda s: s.id):
+                defaults = ", ".join(f"{k}={v:g}" for k, v in spec.defaults.items()
+                                     if k != "eps")
+                paper = spec.paper.replace("|", "/")
+                lines.append(f"| `{spec.id}` | {sub.id} | `{spec.signature}` | {spec.title} | "
+                             f"{paper} | {defaults} |")
+    return "\n".join(lines)
+
+
 def zoo_show(args) -> int:
     from . import zoo
     from .signatures import get as get_signature
@@ -106,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     zsub.required = True
     zl = zsub.add_parser("list", help="list the losses by survey section")
     zl.set_defaults(func=zoo_list)
+    zt = zsub.add_parser("table", help="the zoo as a markdown table (README)")
+    zt.set_defaults(func=zoo_table)
     zs = zsub.add_parser("show", help="show one loss: formula, LaTeX, defaults, torch source")
     zs.add_argument("id", help="zoo id, e.g. giou")
     zs.set_defaults(func=zoo_show)

@@ -23,7 +23,7 @@ from .errors import ExpressionError
 from .expr import Call, Const, Expr, Param, Var
 
 RESERVED = frozenset({"torch", "math", "Tensor", "Optional", "Tuple", "List", "dtype", "float",
-                      "int", "None", "True", "False", "loss", "value"})
+                      "int", "None", "True", "False"})
 _TEMP = re.compile(r"^(t|g|d)\d+$")
 MAX_INLINE = 90  # characters of an inlined subexpression before it gets its own line
 
@@ -41,6 +41,8 @@ def check_identifier(name: str, what: str) -> str:
 
 
 def number(value: float) -> str:
+    if math.isnan(value):
+        return "math.nan"
     if math.isinf(value):
         return "math.inf" if value > 0 else "-math.inf"
     return repr(float(value))
@@ -106,6 +108,12 @@ class Emitter:
         args = node.args
         tensor = self.tensor[node]
         if not tensor:
+            if all(type(a) is Const for a in args):
+                # a constant the canonical form could not fold (1 / 0, log(-1)): its IEEE value
+                import torch
+
+                value = spec.fn(*(torch.tensor(a.value, dtype=torch.float64) for a in args))
+                return number(float(value))
             if spec.math is None:
                 raise ExpressionError(f"primitive {node.op!r} cannot be applied to constants only")
             return spec.math.format(*(self.src(a) for a in args))
@@ -119,7 +127,11 @@ class Emitter:
                     a_src = f"torch.full_like({self.dtype_ref}, {a_src})"
                 if not self.tensor[b]:
                     b_src = f"torch.full_like({self.dtype_ref}, {b_src})"
-                return f"({a_src} if {self.src(c)} != 0 else {b_src})"
+                if type(c) is Call and c.op in ops.BOOL_OPS:  # a plain Python comparison
+                    cond = ops.REGISTRY[c.op].torch.format(*(self.src(x) for x in c.args))
+                else:
+                    cond = f"{self.src(c)} != 0"
+                return f"({a_src} if {cond} else {b_src})"
             cond = self.src(c, arith=False)
             if not (type(c) is Call and c.op in ops.BOOL_OPS):
                 cond = f"({cond} != 0)"

@@ -18,6 +18,7 @@ gradient plus the signature's (tiny) core backward.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import linecache
 import math
@@ -35,17 +36,18 @@ from .signatures import Signature
 from .signatures import get as get_signature
 
 Mode = Literal["exact", "search"]
+Backend = Literal["eager", "inductor"]
 Reduction = Literal["none", "mean", "sum"]
 
 _NAMESPACE = {"torch": torch, "math": math, "Tensor": torch.Tensor, "Optional": Optional,
               "Tuple": tuple, "List": list}
 _COUNTER = itertools.count()
 #: elements per column evaluated at once (temporaries stay in cache)
-CHUNK = 1 << 15
+CHUNK = 1 << 16
 
 
 # ------------------------------------------------------------------------------ pipeline
-def guard(root: Expr) -> Expr:
+def guard(root: Expr, memo: Optional[dict[Expr, Expr]] = None) -> Expr:
     """Search mode: replace every partial op by its guarded total form."""
 
     def fn(node: Expr, ch) -> Expr:
@@ -56,28 +58,79 @@ def guard(root: Expr) -> Expr:
                 return spec.guard(*node.args)
         return node
 
-    return E.transform(root, fn)
+    return E.transform(root, fn, memo)
+
+
+@functools.lru_cache(maxsize=64)
+def terminal_table(signature: Signature, bound: tuple = ()) -> tuple[dict, dict]:
+    """Terminal definitions inlined down to columns (``bound``: parameters made constants),
+    and the map from each inlined definition back to its terminal name."""
+    values = dict(bound)
+
+    def bind(node: Expr, ch) -> Expr:
+        if type(node) is Param and node.name in values:
+            return Const(values[node.name])
+        return node.rebuild(ch)
+
+    defs = {k: E.transform(v, bind) for k, v in signature.definitions.items()}
+    table = {name: autodiff.inline(Var(name), defs) for name in defs}
+    names: dict[Expr, str] = {}
+    for name, node in table.items():
+        names.setdefault(node, name)
+    return table, names
+
+
+class Pipeline:
+    """From a candidate expression to its evaluable DAG over the signature's columns.
+
+    1. canonical form, 2. numerically stable rewrites, 3. guards (search mode),
+    4. lowering to cheap ops, 5. terminals inlined. Every step is memoized per node, so a
+    pipeline reused across a population does the shared subtrees (zoo seeds) once.
+
+    Args:
+        bind: signature parameters to make constants in the terminals (the population
+            evaluator binds ``eps``; a compiled loss keeps it a runtime argument).
+    """
+
+    def __init__(self, signature: Signature, mode: Mode = "exact",
+                 bind: Optional[Mapping[str, float]] = None):
+        if mode not in ("exact", "search"):
+            raise ValueError(f"mode must be 'exact' or 'search', got {mode!r}")
+        self.signature = signature
+        self.mode = mode
+        self.canonicalizer = canon.Canonicalizer()
+        self._rewrite: dict = {}
+        self._guard: dict = {}
+        self._lower: dict = {}
+        self._link: dict = {}
+        self.table, self.names = terminal_table(signature, tuple(sorted((bind or {}).items())))
+
+    def body(self, expression: Expr) -> Expr:
+        """Canonical, stable, (guarded,) lowered form over terminals."""
+        body = canon.rewrite_stable(self.canonicalizer(expression), self.signature.definitions,
+                                    self._rewrite)
+        if self.mode == "search":
+            body = guard(body, self._guard)
+        return canon.lower(body, self._lower)
+
+    def link(self, body: Expr) -> Expr:
+        """Inline the terminals: the DAG over columns."""
+        table = self.table
+
+        def fn(node: Expr, ch) -> Expr:
+            if type(node) is Var and node.name in table:
+                return table[node.name]
+            return node.rebuild(ch)
+
+        return E.transform(body, fn, self._link)
+
+    def graph(self, expression: Expr) -> Expr:
+        return self.link(self.body(expression))
 
 
 def prepare(expression: Expr, signature: Signature, mode: Mode = "exact") -> Expr:
     """Canonical, stable, (guarded,) lowered form of ``expression`` over terminals."""
-    if mode not in ("exact", "search"):
-        raise ValueError(f"mode must be 'exact' or 'search', got {mode!r}")
-    body = canon.rewrite_stable(canon.canonical(expression), signature.definitions)
-    if mode == "search":
-        body = guard(body)
-    return canon.lower(body)
-
-
-def link(body: Expr, signature: Signature) -> tuple[Expr, dict[Expr, str]]:
-    """Inline terminals down to columns; returns the DAG and a node -> terminal name map."""
-    defs = signature.definitions
-    graph = autodiff.inline(body, defs)
-    names: dict[Expr, str] = {}
-    for name in defs:
-        node = autodiff.inline(Var(name), defs)
-        names.setdefault(node, name)
-    return graph, names
+    return Pipeline(signature, mode).body(expression)
 
 
 def check_names(expression: Expr, signature: Signature, where: str = "expression") -> None:
@@ -133,7 +186,7 @@ class CompiledLoss:
     """
 
     def __init__(self, expression: Expr, signature: Signature | str, *, name: str = "loss",
-                 mode: Mode = "exact", doc: str = ""):
+                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager"):
         signature = get_signature(signature) if isinstance(signature, str) else signature
         codegen.check_identifier(name, "loss name")
         check_names(expression, signature, where=f"loss {name!r}")
@@ -142,24 +195,38 @@ class CompiledLoss:
         self.expression = expression
         self.mode = mode
         self.doc = doc
+        if backend not in ("eager", "inductor"):
+            raise ValueError(f"backend must be 'eager' or 'inductor', got {backend!r}")
+        self.backend = backend
         params = dict(signature.params)
         params.update(E.params(expression))
         self.params: dict[str, Param] = params
         self.defaults = {k: p.default for k, p in params.items()}
         self.hash = canon.canonical_hash(expression, salt=f"{signature.name}:{mode}")
-        self.body = prepare(expression, signature, mode)
-        self.graph, self.names = link(self.body, signature)
+        pipeline = Pipeline(signature, mode)
+        self.body = pipeline.body(expression)
+        self.graph = pipeline.link(self.body)
+        self.names = pipeline.names
         self._functions: dict[tuple, object] = {}
+        self._gradients: dict[tuple, list] = {}
         self._sources: dict[tuple, str] = {}
         self._lock = threading.Lock()
 
     # -- code ------------------------------------------------------------------------------
     def gradients(self, needs: Sequence[bool]) -> list[Optional[Expr]]:
+        """Closed-form gradient expressions of the columns that ``needs`` (None: zero)."""
+        key = tuple(bool(n) for n in needs)
+        if key not in self._gradients:
+            self._gradients[key] = self._derive(key)
+        return self._gradients[key]
+
+    def _derive(self, needs: Sequence[bool]) -> list[Optional[Expr]]:
         wrt = [c for c, need in zip(self.signature.columns, needs) if need]
         adj = autodiff.vjp(self.graph, wrt)
+        memo: dict = {}
         out = []
         for c, need in zip(self.signature.columns, needs):
-            g = adj.get(c) if need else None
+            g = canon.factor(adj[c], memo) if need else None
             out.append(None if g is None or (type(g) is Const and g.value == 0.0) else g)
         return out
 
@@ -170,6 +237,9 @@ class CompiledLoss:
             if any(key):
                 outputs = [("loss", self.graph)] + [
                     (f"d_{c}", g) for c, g in zip(sig.columns, self.gradients(key))]
+                shared = canon.share_logsigmoid([e for _, e in outputs if e is not None])
+                it = iter(shared)
+                outputs = [(label, None if e is None else next(it)) for label, e in outputs]
                 fname = f"{self.name}_vjp"
                 doc = (f"{self.name} and its gradient with respect to "
                        f"{', '.join(c for c, n in zip(sig.columns, key) if n)}.")
@@ -190,50 +260,81 @@ class CompiledLoss:
                 fn = self._functions.get(key)
                 if fn is None:
                     fn = self._exec(self.source_for(key), key)
+                    if self.backend == "inductor":
+                        fn = _inductor(fn)
                     self._functions[key] = fn
         return fn
 
     def run(self, prep, needs: Sequence[bool], values: tuple):
-        """Evaluate on prepared columns in row chunks; returns (value, gradient buffers).
+        """Evaluate on prepared columns; returns (value, gradient buffers).
 
-        Chunks of about ``CHUNK`` elements keep every temporary in cache, which is several
-        times faster than whole-batch elementwise ops on large batches.
+        Large batches run in row chunks of about ``CHUNK`` elements, so every temporary
+        (and the contiguous copy of a strided column) stays in cache: several times
+        faster than whole-batch elementwise ops. The inductor backend fuses everything
+        into one loop and needs no chunking.
         """
         fn = self.function(needs)
         cols = prep.columns
-        rows = cols[0].shape[0] if cols[0].dim() else 1
-        width = max(1, cols[0].numel() // max(rows, 1))
-        step = max(1, CHUNK // width)
         ref = cols[0]
+        rows = ref.shape[0] if ref.dim() else 1
         grad = any(needs)
-        if rows <= step and not grad:
-            return fn(*cols, *values), []
+        if ref.numel() <= 2 * CHUNK or self.backend == "inductor":
+            result = fn(*(c.contiguous() for c in cols), *values)
+            if not grad:
+                return result, []
+            return result[0], self._assemble(prep, needs, result[1:])
+        step = max(1, CHUNK // max(1, ref.numel() // max(rows, 1)))
         value = torch.empty(prep.out_shape, dtype=ref.dtype, device=ref.device)
         slots = self.signature.grad_slots
+        zero = self._zero_gradients(needs)
         buffers: list = [None] * len(prep.grad_shapes)
         for k, need in enumerate(needs):
-            b = slots[k][0]
+            b, j = slots[k]
             if need and buffers[b] is None:
-                buffers[b] = torch.zeros(prep.grad_shapes[b], dtype=ref.dtype, device=ref.device)
+                buffers[b] = torch.empty(prep.grad_shapes[b], dtype=ref.dtype, device=ref.device)
+            if need and k in zero:
+                (buffers[b] if j is None else buffers[b][:, j]).zero_()
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            result = fn(*(c[start:stop] for c in cols), *values)
+            result = fn(*(c[start:stop].contiguous() for c in cols), *values)
             if not grad:
                 value[start:stop] = result
                 continue
             value[start:stop] = result[0]
             for k, g in enumerate(result[1:]):
-                if g is None:
-                    continue
-                b, j = slots[k]
-                target = buffers[b][start:stop] if j is None else buffers[b][start:stop, j]
-                target.copy_(g)
+                if g is not None:
+                    b, j = slots[k]
+                    (buffers[b][start:stop] if j is None else buffers[b][start:stop, j]).copy_(g)
         return value, buffers
+
+    def _zero_gradients(self, needs: Sequence[bool]) -> set[int]:
+        """Columns that need a gradient whose closed form is identically zero."""
+        return {k for k, (need, g) in enumerate(zip(needs, self.gradients(needs)))
+                if need and g is None}
+
+    def _assemble(self, prep, needs: Sequence[bool], grads: Sequence) -> list:
+        """Column gradients of one whole-batch call -> the signature's gradient buffers."""
+        slots = self.signature.grad_slots
+        ref = prep.columns[0]
+        buffers: list = [None] * len(prep.grad_shapes)
+        for b in range(len(buffers)):
+            members = [k for k, (bb, _) in enumerate(slots) if bb == b]
+            if not any(needs[k] for k in members):
+                continue
+            parts = [grads[k] for k in members]
+            if slots[members[0]][1] is None:  # the column is the whole buffer
+                g = parts[0]
+                buffers[b] = g if g is not None else torch.zeros(
+                    prep.grad_shapes[b], dtype=ref.dtype, device=ref.device)
+            else:
+                zero = torch.zeros(prep.grad_shapes[b][:1], dtype=ref.dtype, device=ref.device)
+                buffers[b] = torch.stack([g if g is not None else zero for g in parts], 1)
+        return buffers
 
     def _exec(self, source: str, key) -> object:
         filename = f"<autoloss {self.name} {self.hash} #{next(_COUNTER)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        namespace = dict(_NAMESPACE)
+        namespace = dict(_NAMESPACE, __name__=f"autoloss.generated.{self.name}")
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated, validated
         fname = self.name + ("_vjp" if any(key) else "")
         return namespace[fname]
@@ -308,15 +409,31 @@ class _FusedFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gout):
         scaled = []
-        for b in ctx.buffers:
-            if b is None:
-                scaled.append(None)
-                continue
-            g = gout
-            while g.dim() < b.dim():
-                g = g.unsqueeze(-1)
-            scaled.append(b * g)
+        for b in ctx.buffers:  # buffers have the output's shape, or (*output shape, k)
+            g = gout if b is None or b.dim() == gout.dim() else gout.unsqueeze(-1)
+            scaled.append(None if b is None else b * g)
         return (None, None, *ctx.signature.backward(ctx.prep, scaled))
+
+
+def _inductor(fn):
+    """``torch.compile`` the generated function (one fused loop); eager if that fails."""
+    compiled = torch.compile(fn, dynamic=True)
+    state = {"fn": compiled}
+
+    def call(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, loudly
+            if state["fn"] is fn:
+                raise
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); "
+                          "running the eager generated code", RuntimeWarning, stacklevel=2)
+            state["fn"] = fn
+            return fn(*args)
+
+    return call
 
 
 # -------------------------------------------------------------------------------- cache
@@ -325,14 +442,15 @@ _CACHE_LOCK = threading.Lock()
 
 
 def compile_loss(expression: Expr, signature: Signature | str, *, name: str = "loss",
-                 mode: Mode = "exact", doc: str = "") -> CompiledLoss:
+                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager") -> CompiledLoss:
     """Compile (or fetch from the cache keyed by canonical hash) a loss expression."""
     signature = get_signature(signature) if isinstance(signature, str) else signature
-    key = (canon.canonical_hash(expression, salt=f"{signature.name}:{mode}"), name)
+    key = (canon.canonical_hash(expression, salt=f"{signature.name}:{mode}"), name, backend)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    compiled = CompiledLoss(expression, signature, name=name, mode=mode, doc=doc)
+    compiled = CompiledLoss(expression, signature, name=name, mode=mode, doc=doc,
+                            backend=backend)
     with _CACHE_LOCK:
         return _CACHE.setdefault(key, compiled)

@@ -317,8 +317,11 @@ def pow(a: Expr, b: Expr) -> Expr:  # noqa: A001 - mirrors the op name
 
 
 # ------------------------------------------------------------------------------ traversal
-def postorder(root: Expr) -> list[Expr]:
-    """Unique nodes of the DAG under ``root``, children before parents (iterative)."""
+def postorder(root: Expr, stop: Optional[Mapping[Expr, object]] = None) -> list[Expr]:
+    """Unique nodes of the DAG under ``root``, children before parents (iterative).
+
+    Nodes in ``stop`` are listed but not descended into (their subtree is known).
+    """
     seen: set[Expr] = set()
     order: list[Expr] = []
     stack: list[tuple[Expr, bool]] = [(root, False)]
@@ -331,6 +334,8 @@ def postorder(root: Expr) -> list[Expr]:
             continue
         seen.add(node)
         stack.append((node, True))
+        if stop is not None and node in stop:
+            continue
         for child in reversed(node.children):
             if child not in seen:
                 stack.append((child, False))
@@ -349,14 +354,17 @@ def postorder_many(roots: Iterable[Expr]) -> list[Expr]:
     return order
 
 
-def transform(root: Expr, fn: Callable[[Expr, Sequence[Expr]], Expr]) -> Expr:
+def transform(root: Expr, fn: Callable[[Expr, Sequence[Expr]], Expr],
+              memo: Optional[dict[Expr, Expr]] = None) -> Expr:
     """Rebuild bottom-up: ``fn(node, new_children)`` returns the replacement node.
 
-    Shared subtrees are transformed once.
+    Shared subtrees are transformed once; pass ``memo`` to share that work across calls
+    (the transform must then be a pure function of the node).
     """
-    done: dict[Expr, Expr] = {}
-    for node in postorder(root):
-        done[node] = fn(node, [done[c] for c in node.children])
+    done: dict[Expr, Expr] = {} if memo is None else memo
+    for node in postorder(root, done):
+        if node not in done:
+            done[node] = fn(node, [done[c] for c in node.children])
     return done[root]
 
 
@@ -398,6 +406,8 @@ def format_number(value: float) -> str:
         return "inf" if value > 0 else "-inf"
     if value == math.pi:
         return "pi"
+    if value == math.e:
+        return "e"
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -415,7 +425,11 @@ def _precedence(node: Expr) -> int:
 
 
 def to_infix(root: Expr) -> str:
-    """Print as the infix language the parser reads; ``parse(to_infix(e)) == e``."""
+    """Print as the infix language the parser reads.
+
+    ``parse(to_infix(e)) == e`` for every parsed ``e``; the parser reads ``-2`` as the
+    constant -2, so a hand-built ``neg(Const(2))`` reads back as that (equal) constant.
+    """
     text: dict[Expr, str] = {}
     for node in postorder(root):
         text[node] = _print_node(node, text)

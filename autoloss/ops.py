@@ -47,6 +47,7 @@ class Op:
     commutative: bool = False
     comparison: bool = False
     sample: tuple = ()  # (lo, hi) per argument for the registry's torch-vs-sympy test
+    out: Optional[str] = None  # torch function taking out= (evaluators reuse dead buffers)
     fn: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -55,6 +56,8 @@ class Op:
         # The template is a constant of this module, never user text.
         fn = eval(f"lambda {args}: {body}", {"torch": torch})  # noqa: S307
         object.__setattr__(self, "fn", fn)
+        if self.out is not None and not callable(getattr(torch, self.out, None)):
+            raise RuntimeError(f"primitive {self.name!r}: torch.{self.out} does not exist")
 
     @property
     def differentiable(self) -> bool:
@@ -167,8 +170,13 @@ def _g_abs(a, out, g):
 
 
 def _g_sigmoid(a, out, g):
+    # sigmoid' = sigmoid(x) sigmoid(-x), written so that sigmoid(x) and sigmoid(-x) share
+    # one product node (focal-type losses hold both)
     E = _e()
-    return (E.mul(E.mul(g, out), E.sub(E.const(1.0), out)),)
+    x = a[0]
+    inner = x.args[0] if isinstance(x, E.Call) and x.op == "neg" else x
+    both = E.mul(E.call("sigmoid", inner), E.call("sigmoid", E.neg(inner)))
+    return (E.mul(g, both),)
 
 
 def _g_logsigmoid(a, out, g):
@@ -244,7 +252,9 @@ def _g_where(a, out, g):
 
 # ------------------------------------------------------------------------------ guards
 # Search mode rewrites each partial op into a total one, as an expression, so the
-# closed-form gradient of a guarded candidate matches its value.
+# closed-form gradient of a guarded candidate matches its value. Guards remove domain
+# errors (log or sqrt of a negative, division by zero, exp and pow overflow); a value that
+# overflows anyway on huge finite inputs is caught by the search's finiteness filter.
 _INF = float("inf")
 
 
@@ -262,12 +272,14 @@ def _away_from_zero(b):
 
 
 def _guard_pow(base, ex):
+    """Integer powers stay polynomial; any other power is exp(b log a) with a > 0, bounded."""
     E = _e()
     if isinstance(ex, E.Const) and ex.value.is_integer() and ex.value >= 0:
         return E.pow(base, ex)
     if isinstance(ex, E.Const) and ex.value.is_integer():
         return E.pow(_away_from_zero(base), ex)
-    return E.pow(E.call("clamp", base, E.const(TINY), E.const(_INF)), ex)
+    log_base = E.call("log", E.call("clamp", base, E.const(TINY), E.const(_INF)))
+    return _clamped("exp", E.mul(ex, log_base), -_INF, EXP_MAX)
 
 
 # ------------------------------------------------------------------------------ sympy
@@ -280,43 +292,43 @@ _ANY = (-3.0, 3.0)
 
 # Arithmetic ------------------------------------------------------------------------
 _register(Op("add", 2, "({0} + {1})", lambda s, a, b: a + b, _g_add, "a + b",
-             math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY)))
+             math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY), out="add"))
 _register(Op("sub", 2, "({0} - {1})", lambda s, a, b: a - b, _g_sub, "a - b",
-             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY)))
+             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY), out="sub"))
 _register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
-             math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY)))
+             math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul"))
 _register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
              math="({0} / {1})", infix="/", precedence=3, domain="({1} != 0)",
-             guard=lambda a, b: _e().div(a, _away_from_zero(b)), sample=(_ANY, _POS)))
+             guard=lambda a, b: _e().div(a, _away_from_zero(b)), sample=(_ANY, _POS), out="div"))
 _register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
              math="({0} ** {1})", infix="**", precedence=5,
              domain="(({0} > 0) | (({1}) == torch.round({1})))", guard=_guard_pow,
-             sample=(_POS, (-2.0, 3.0))))
+             sample=(_POS, (-2.0, 3.0)), out="pow"))
 _register(Op("neg", 1, "(-{0})", lambda s, a: -a, _g_neg, "-a",
-             math="(-{0})", precedence=4, sample=(_ANY,)))
+             math="(-{0})", precedence=4, sample=(_ANY,), out="neg"))
 
 # Elementary functions ----------------------------------------------------------------
 _register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a",
              math="math.exp({0})", guard=lambda a: _clamped("exp", a, -_INF, EXP_MAX),
-             sample=(_ANY,)))
+             sample=(_ANY,), out="exp"))
 _register(Op("log", 1, "torch.log({0})", lambda s, a: s.log(a), _g_log, "natural logarithm",
              math="math.log({0})", domain="({0} > 0)",
-             guard=lambda a: _clamped("log", a, TINY, _INF), sample=(_POS,)))
+             guard=lambda a: _clamped("log", a, TINY, _INF), sample=(_POS,), out="log"))
 _register(Op("log1p", 1, "torch.log1p({0})", lambda s, a: s.log(1 + a), _g_log1p,
              "log(1 + a), accurate for small a",
              math="math.log1p({0})", domain="({0} > -1)",
-             guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),)))
+             guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),), out="log1p"))
 _register(Op("sqrt", 1, "torch.sqrt({0})", lambda s, a: s.sqrt(a), _g_sqrt, "square root",
              math="math.sqrt({0})", domain="({0} >= 0)",
-             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,)))
+             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,), out="sqrt"))
 _register(Op("abs", 1, "torch.abs({0})", lambda s, a: s.Abs(a), _g_abs, "absolute value",
-             math="abs({0})", sample=(_ANY,)))
+             math="abs({0})", sample=(_ANY,), out="abs"))
 _register(Op("sign", 1, "torch.sign({0})", lambda s, a: s.sign(a), None,
              "sign (-1, 0 or 1), no gradient", math="float(({0} > 0) - ({0} < 0))",
-             sample=(_ANY,)))
+             sample=(_ANY,), out="sign"))
 _register(Op("sigmoid", 1, "torch.sigmoid({0})", lambda s, a: s.sigmoid(a), _g_sigmoid,
              "logistic function 1 / (1 + e ** -a)",
-             math="(1.0 / (1.0 + math.exp(-({0}))))", sample=(_ANY,)))
+             math="(1.0 / (1.0 + math.exp(-({0}))))", sample=(_ANY,), out="sigmoid"))
 _register(Op("logsigmoid", 1, "torch.nn.functional.logsigmoid({0})",
              lambda s, a: s.logsigmoid(a), _g_logsigmoid, "log(sigmoid(a)), stable",
              sample=(_ANY,)))
@@ -326,30 +338,31 @@ _register(Op("softplus", 1, "torch.nn.functional.softplus({0})",
 _register(Op("relu", 1, "torch.relu({0})", lambda s, a: s.Max(a, 0), _g_relu,
              "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,)))
 _register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,
-             "hyperbolic tangent", math="math.tanh({0})", sample=(_ANY,)))
+             "hyperbolic tangent", math="math.tanh({0})", sample=(_ANY,), out="tanh"))
 _register(Op("atan", 1, "torch.atan({0})", lambda s, a: s.atan(a), _g_atan, "arc tangent",
-             math="math.atan({0})", sample=(_ANY,)))
+             math="math.atan({0})", sample=(_ANY,), out="atan"))
 _register(Op("asin", 1, "torch.asin({0})", lambda s, a: s.asin(a), _g_asin, "arc sine",
              math="math.asin({0})", domain="({0}.abs() <= 1)",
-             guard=lambda a: _clamped("asin", a, -1.0, 1.0), sample=((-0.9, 0.9),)))
+             guard=lambda a: _clamped("asin", a, -1.0 + 1e-6, 1.0 - 1e-6),
+             sample=((-0.9, 0.9),), out="asin"))
 _register(Op("sin", 1, "torch.sin({0})", lambda s, a: s.sin(a), _g_sin, "sine",
-             math="math.sin({0})", sample=(_ANY,)))
+             math="math.sin({0})", sample=(_ANY,), out="sin"))
 _register(Op("cos", 1, "torch.cos({0})", lambda s, a: s.cos(a), _g_cos, "cosine",
-             math="math.cos({0})", sample=(_ANY,)))
+             math="math.cos({0})", sample=(_ANY,), out="cos"))
 _register(Op("erf", 1, "torch.erf({0})", lambda s, a: s.erf(a), _g_erf, "error function",
-             math="math.erf({0})", sample=(_ANY,)))
+             math="math.erf({0})", sample=(_ANY,), out="erf"))
 
 # Piecewise ---------------------------------------------------------------------------
 _register(Op("min", 2, "torch.minimum({0}, {1})", lambda s, a, b: s.Min(a, b), _g_min,
              "elementwise minimum (gradient split on ties, as torch)",
-             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY)))
+             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="minimum"))
 _register(Op("max", 2, "torch.maximum({0}, {1})", lambda s, a, b: s.Max(a, b), _g_max,
              "elementwise maximum (gradient split on ties, as torch)",
-             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY)))
+             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="maximum"))
 _register(Op("clamp", 3, "torch.clamp({0}, {1}, {2})",
              lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi), _g_clamp,
              "clamp(x, lo, hi); use inf for an open side",
-             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0))))
+             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0)), out="clamp"))
 _register(Op("where", 3, "torch.where({0} != 0, {1}, {2})",
              lambda s, c, a, b: s.Piecewise((a, s.Ne(c, 0)), (b, True)), _g_where,
              "where(cond, a, b): a where cond is non-zero, else b",

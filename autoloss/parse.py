@@ -83,6 +83,7 @@ def parse(
         raise ExpressionError(
             f"{where}: parentheses nest {deepest} deep, the limit is {MAX_DEPTH}"
         )
+    text = text.replace("\r", " ").replace("\n", " ")  # TOML multi-line strings
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
@@ -96,6 +97,7 @@ def parse(
         result = walker.visit(tree.body, 0)
     except RecursionError:
         raise ExpressionError(f"{where}: expression nests too deeply") from None
+    _check_constants(result, where, text)
     if size(result) > MAX_NODES:
         raise ExpressionError(f"{where}: expression has more than {MAX_NODES} nodes")
     if depth(result) > MAX_DEPTH:
@@ -111,10 +113,11 @@ class _Walker:
         self.macros = macros
         self.where = where
 
-    def fail(self, node: ast.AST, message: str):
+    def fail(self, node: ast.AST, message: str, hint: str = ""):
         col = getattr(node, "col_offset", None)
         at = f" at column {col + 1}" if col is not None else ""
-        raise ExpressionError(f"{self.where}: {message}{at} in {self.text!r}")
+        raise ExpressionError(f"{self.where}: {message}{at} in {self.text!r}"
+                              + (f"; {hint}" if hint else ""))
 
     def visit(self, node: ast.AST, level: int) -> Expr:
         if level > MAX_DEPTH:
@@ -154,7 +157,7 @@ class _Walker:
             self.fail(node, f"primitive {name!r} must be called, e.g. {name}(x)")
         known = (sorted(self.terminals) + sorted(self.params) + sorted(self.macros)
                  + sorted(CONSTANTS))
-        self.fail(node, f"unknown name {name!r}; {did_you_mean(name, known)}")
+        self.fail(node, f"unknown name {name!r}", did_you_mean(name, known))
 
     def visit_UnaryOp(self, node: ast.UnaryOp, level: int) -> Expr:
         if isinstance(node.op, ast.UAdd):
@@ -197,7 +200,7 @@ class _Walker:
                                 f"{name}({', '.join(macro.args)})")
             return macro.expand([self.visit(a, level) for a in node.args])
         if name not in _FUNCTIONS:
-            self.fail(node, f"unknown primitive {name!r}; {did_you_mean(name, _FUNCTIONS)}")
+            self.fail(node, f"unknown primitive {name!r}", did_you_mean(name, _FUNCTIONS))
         if node.keywords:
             self.fail(node, f"{name}() takes no keyword arguments")
         spec = ops.REGISTRY[name]
@@ -206,6 +209,28 @@ class _Walker:
         if len(node.args) != spec.arity:
             self.fail(node, f"{name}() takes {spec.arity} argument(s), got {len(node.args)}")
         return Call(name, tuple(self.visit(a, level) for a in node.args))
+
+
+def _check_constants(root: Expr, where: str, text: str) -> None:
+    """Reject constant subexpressions that overflow (``2 ** 10 ** 10``)."""
+    from .expr import _fold, postorder
+
+    value: dict[Expr, Optional[float]] = {}
+    for node in postorder(root):
+        if type(node) is Const:
+            value[node] = node.value
+        elif type(node) is Call and all(value.get(a) is not None for a in node.args):
+            folded = _fold(node.op, *(Const(value[a]) for a in node.args))
+            if folded is None and node.op not in ("log", "sqrt", "log1p", "asin"):
+                raise ExpressionError(f"{where}: constant subexpression {node} overflows or is "
+                                      f"undefined in {text!r}")
+            value[node] = None if folded is None else folded.value
+            if folded is not None and abs(folded.value) > MAX_ABS_CONST and \
+                    not math.isinf(folded.value):
+                raise ExpressionError(f"{where}: constant subexpression {node} = "
+                                      f"{folded.value:g} is out of range in {text!r}")
+        else:
+            value[node] = None
 
 
 def _describe(node: ast.AST) -> str:

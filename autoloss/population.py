@@ -19,7 +19,7 @@ import torch
 
 from . import autodiff, ops
 from . import expr as E
-from .compiler import Mode, check_names, link, prepare
+from .compiler import Mode, Pipeline, check_names
 from .errors import AutolossError
 from .expr import Call, Const, Expr, Param, Var
 from .signatures import Signature
@@ -83,11 +83,9 @@ class PopulationEvaluator:
         ref = self.prep.columns[0]
         self.dtype, self.device = ref.dtype, ref.device
         self._consts: dict[float, torch.Tensor] = {}
+        self.pipeline = Pipeline(sig, mode, bind=self.sig_params)
         # terminals are kept for the lifetime of the evaluator: computed once per batch
-        self.terminal_nodes: set[Expr] = set()
-        bound = {k: bind(t, self.sig_params) for k, t in sig.definitions.items()}
-        for name in bound:
-            self.terminal_nodes.add(autodiff.inline(Var(name), bound))
+        self.terminal_nodes: set[Expr] = set(self.pipeline.table.values())
         self.cache: dict[Expr, torch.Tensor] = dict(self.columns)
         self.nodes_evaluated = 0
 
@@ -97,9 +95,7 @@ class PopulationEvaluator:
         check_names(expression, self.signature)
         values = dict(self.sig_params)
         values.update(params or {})
-        body = prepare(bind(expression, values), self.signature, self.mode)
-        graph, _ = link(body, self.signature)
-        return bind(graph, self.sig_params)
+        return self.pipeline.graph(bind(expression, values))
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, expressions: Sequence[Expr], *, grad: bool = False,
@@ -153,13 +149,20 @@ class PopulationEvaluator:
         return t.expand(shape) if t.shape != shape else t
 
     def _run(self, roots: Sequence[Expr]) -> dict[Expr, torch.Tensor | Failure]:
+        """Evaluate the union DAG once, freeing or recycling every tensor after its last use.
+
+        A node whose op can write into an argument (``Op.out``) reuses the buffer of an
+        argument that dies there, so a sweep allocates a handful of buffers, not one per node.
+        """
         order = E.postorder_many(roots)
         remaining: dict[Expr, int] = {}
         for node in order:
             for child in node.children:
                 remaining[child] = remaining.get(child, 0) + 1
         wanted = set(roots)
+        shape = self.prep.columns[0].shape
         live: dict[Expr, torch.Tensor | Failure] = {}
+        owned: set[Expr] = set()  # nodes holding a private full-size buffer
         results: dict[Expr, torch.Tensor | Failure] = {}
         for node in order:
             if node in self.cache:
@@ -170,10 +173,21 @@ class PopulationEvaluator:
                 args = [live[a] if a in live else self.cache[a] if a in self.cache
                         else self._const(a.value) for a in node.args]
                 fail = next((a for a in args if isinstance(a, Failure)), None)
-                value = fail if fail is not None else self._apply(node, args)
+                if fail is not None:
+                    value = fail
+                else:
+                    donor = self._donor(node, owned, remaining, wanted)
+                    value = self._apply(node, args, live.get(donor))
+                    if donor is not None:
+                        owned.discard(donor)
                 self.nodes_evaluated += 1
-                if node in self.terminal_nodes and not isinstance(value, Failure):
-                    self.cache[node] = value
+                if isinstance(value, torch.Tensor):
+                    if node.op == "stop_grad":  # an alias of its argument: nobody owns it
+                        owned.discard(node.args[0])
+                    elif node in self.terminal_nodes:
+                        self.cache[node] = value
+                    elif value.shape == shape:
+                        owned.add(node)
             else:
                 value = Failure(f"unbound variable or parameter {E.to_infix(node)!r}")
             live[node] = value
@@ -183,12 +197,26 @@ class PopulationEvaluator:
                 remaining[child] -= 1
                 if remaining[child] == 0:
                     live.pop(child, None)
+                    owned.discard(child)
         return results
 
-    def _apply(self, node: Call, args: list[torch.Tensor]) -> torch.Tensor | Failure:
+    @staticmethod
+    def _donor(node: Call, owned, remaining, wanted) -> Optional[Expr]:
+        if ops.REGISTRY[node.op].out is None:
+            return None
+        for child in node.args:
+            if (child in owned and child not in wanted
+                    and remaining[child] == sum(a == child for a in node.args)):
+                return child
+        return None
+
+    def _apply(self, node: Call, args: list[torch.Tensor],
+               out: Optional[torch.Tensor] = None) -> torch.Tensor | Failure:
         op = node.op
         try:
-            if op == "where":
+            if out is not None:
+                value = getattr(torch, ops.REGISTRY[op].out)(*args, out=out)
+            elif op == "where":
                 value = torch.where(args[0] != 0, args[1], args[2])
             elif op == "stop_grad":
                 value = args[0]

@@ -77,7 +77,7 @@ class Signature:
     backward: Callable[[Prepared, list[Optional[Tensor]]], list[Optional[Tensor]]]
     #: which input each column's gradient flows to (index), None: no gradient
     column_input: tuple[Optional[int], ...]
-    #: where each column's gradient is written: (buffer, sub-column or None for all)
+    #: where each column's gradient is written: (buffer, column of the buffer or None: all)
     grad_slots: tuple[tuple[int, Optional[int]], ...]
     sample: Callable[..., tuple]
 
@@ -190,7 +190,8 @@ _BOX_TERMINALS = [
 
 def _box_prepare(loss: str, pred: Tensor, target: Tensor) -> Prepared:
     _float_pair(loss, "pred", pred, "target", target, 4)
-    columns = list(pred.t().contiguous().unbind(0)) + list(target.t().contiguous().unbind(0))
+    # strided views: the compiled loss makes each row chunk contiguous while it is in cache
+    columns = list(pred.unbind(1)) + list(target.unbind(1))
     return Prepared(columns, (pred, target), (pred.shape[0],), [tuple(pred.shape)] * 2)
 
 
@@ -274,11 +275,12 @@ _SIGMOID_TERMINALS = [
 
 def _sigmoid_prepare(loss: str, logits: Tensor, target: Tensor) -> Prepared:
     _float_pair(loss, "logits", logits, "target", target, None)
-    if target.numel() and bool(((target < 0) | (target > 1)).any()):
-        raise SignatureError(
-            f"{loss}: argument 'target' must hold values in [0, 1] (one-hot or IoU quality), "
-            f"got min {target.min().item():g}, max {target.max().item():g}"
-        )
+    if target.numel():
+        low, high = torch.aminmax(target.detach())
+        if low < 0 or high > 1:
+            raise SignatureError(
+                f"{loss}: argument 'target' must hold values in [0, 1] (one-hot or IoU "
+                f"quality), got min {low.item():g}, max {high.item():g}")
     return Prepared([logits, target], (logits, target), tuple(logits.shape),
                     [tuple(logits.shape)] * 2)
 

@@ -1,0 +1,163 @@
+"""Compiled losses vs hand-written eager torch, and the population evaluator vs one by one.
+
+Every number is a ratio of two timings taken side by side in this process (median of
+repeats after warm-up), so the machine's speed cancels out. Ratios below 1 mean autoloss
+is faster.
+
+    python benchmarks/bench_compiler.py            # 1e5 and 1e6 inputs, 1 thread
+    python benchmarks/bench_compiler.py --quick    # smaller, for a smoke run
+
+The hand-written baselines are the torchvision/mmdetection-style implementations in
+tests/reference.py (plain eager torch with autograd).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import reference  # noqa: E402  (the independent hand-written losses)
+
+from autoloss import catalog, generate, zoo  # noqa: E402
+from autoloss.compiler import CompiledLoss  # noqa: E402
+from autoloss.population import PopulationEvaluator  # noqa: E402
+from autoloss.signatures import BOX, SIGMOID  # noqa: E402
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> float:
+    return paired([fn], repeats, warmup)[0]
+
+
+def paired(fns, repeats: int, warmup: int = 2) -> list[float]:
+    """Median times of several functions measured interleaved (A B A B ...), so drifts in
+    the machine's speed hit all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def fwd_bwd(loss_fn, inputs):
+    def run():
+        x = inputs[0].detach().requires_grad_(True)
+        loss_fn(x, *inputs[1:]).sum().backward()
+    return run
+
+
+def losses(sizes, repeats):
+    print("forward+backward, float32, 1 thread: compiled zoo loss / hand-written eager torch")
+    print(f"{'loss':8s} {'N':>9s} {'eager ms':>10s} {'compiled ms':>12s} {'ratio':>7s}")
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in sizes:
+        boxes = BOX.sample(n, g, dtype=torch.float32)
+        logits = SIGMOID.sample(n // 4, g, dtype=torch.float32, classes=4)  # n elements
+        for name, inputs in (("giou", boxes), ("diou", boxes), ("ciou", boxes),
+                             ("focal", logits)):
+            eager, compiled = paired([fwd_bwd(getattr(reference, name), inputs),
+                                      fwd_bwd(zoo.build(name), inputs)], repeats)
+            rows.append((name, n, eager, compiled))
+            print(f"{name:8s} {n:9d} {eager * 1e3:10.2f} {compiled * 1e3:12.2f} "
+                  f"{compiled / eager:7.3f}")
+    worst = max(c / e for _, _, e, c in rows)
+    print(f"worst ratio {worst:.3f}, geometric mean "
+          f"{statistics.geometric_mean([c / e for _, _, e, c in rows]):.3f}\n")
+    return rows
+
+
+def inductor(sizes, repeats):
+    print("the same with backend='inductor' (torch.compile of the generated code, opt-in)")
+    print(f"{'loss':8s} {'N':>9s} {'eager ms':>10s} {'inductor ms':>12s} {'ratio':>7s} "
+          f"{'compile s':>10s}")
+    g = torch.Generator().manual_seed(0)
+    for n in sizes:
+        boxes = BOX.sample(n, g, dtype=torch.float32)
+        logits = SIGMOID.sample(n // 4, g, dtype=torch.float32, classes=4)
+        for name, inputs in (("giou", boxes), ("diou", boxes), ("ciou", boxes),
+                             ("focal", logits)):
+            spec = catalog.get(name)
+            fast = CompiledLoss(spec.expression, spec.signature, name=name, backend="inductor")
+            start = time.perf_counter()
+            fwd_bwd(fast, inputs)()
+            compile_s = time.perf_counter() - start
+            eager, compiled = paired([fwd_bwd(getattr(reference, name), inputs),
+                                      fwd_bwd(fast, inputs)], repeats)
+            print(f"{name:8s} {n:9d} {eager * 1e3:10.2f} {compiled * 1e3:12.2f} "
+                  f"{compiled / eager:7.3f} {compile_s:10.1f}")
+    print()
+
+
+def candidates(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    seeds = [s.expression for s in catalog.of_signature("box")]
+    return generate.population(rng, n, BOX.names, seeds=seeds, max_depth=3)
+
+
+def population_bench(n_candidates: int, n_rows: int, repeats: int):
+    print(f"population: {n_candidates} candidates on one batch of {n_rows} box pairs, float32")
+    g = torch.Generator().manual_seed(1)
+    pred, target = BOX.sample(n_rows, g, dtype=torch.float32)
+    exprs = candidates(n_candidates)
+    start = time.perf_counter()
+    compiled = [CompiledLoss(e, BOX, name=f"c{i}", mode="search") for i, e in enumerate(exprs)]
+    for c in compiled:
+        c.function([False] * 8)
+    compile_s = time.perf_counter() - start
+
+    def one_by_one():
+        for c in compiled:
+            c(pred, target)
+
+    def together():
+        PopulationEvaluator(BOX, (pred, target), mode="search").values(exprs)
+
+    def one_by_one_grad():
+        for c in compiled:
+            x = pred.detach().requires_grad_(True)
+            c(x, target).sum().backward()
+
+    def together_grad():
+        PopulationEvaluator(BOX, (pred, target), mode="search").evaluate(exprs, grad=True)
+
+    a, b = paired([one_by_one, together], repeats, warmup=1)
+    print(f"  values:    one by one {a * 1e3:8.1f} ms (after {compile_s:.1f} s of compiling), "
+          f"population {b * 1e3:8.1f} ms -> {a / b:.1f}x faster")
+    a2, b2 = paired([one_by_one_grad, together_grad], repeats, warmup=1)
+    print(f"  gradients: one by one {a2 * 1e3:8.1f} ms, population {b2 * 1e3:8.1f} ms "
+          f"-> {a2 / b2:.1f}x faster\n")
+    return a / b, a2 / b2
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inductor", action="store_true",
+                        help="also time backend='inductor' (needs a C++ compiler; slow first compile)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
+    if args.quick:
+        losses([10_000], 3)
+        population_bench(32, 10_000, 2)
+    else:
+        losses([100_000, 1_000_000], 9)
+        if args.inductor:
+            inductor([100_000, 1_000_000], 9)
+        population_bench(256, 100_000, 3)
+
+
+if __name__ == "__main__":
+    main()

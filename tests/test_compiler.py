@@ -1,0 +1,223 @@
+"""Compiler: sympy agreement, cache, tracebacks, search mode, chunking, population evaluator."""
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+import pytest
+import sympy
+import torch
+
+from autoloss import compiler, zoo
+from autoloss import expr as E
+from autoloss.autodiff import inline
+from autoloss.compiler import CompiledLoss, compile_loss
+from autoloss.errors import ExpressionError
+from autoloss.parse import parse
+from autoloss.population import Failure, PopulationEvaluator, Result
+from autoloss.signatures import BOX, SIGNATURES
+from autoloss.symbolic import lambdify, symbol, to_sympy
+from conftest import ZOO_IDS, sample
+
+
+def box_expr(text, **params):
+    ps = dict(BOX.params)
+    ps.update({k: E.Param(k, v) for k, v in params.items()})
+    return parse(text, BOX.names, ps)
+
+
+def columns_of(signature, inputs):
+    sig = SIGNATURES[signature]
+    with torch.no_grad():
+        prep = sig.prepare("test", *sig.check(inputs))
+    return dict(zip(sig.columns, prep.columns)), prep
+
+
+@pytest.mark.parametrize("loss_id", ZOO_IDS)
+def test_compiled_agrees_with_sympy(loss_id):
+    spec = zoo.get(loss_id)
+    sig = SIGNATURES[spec.signature]
+    inputs = sample(spec.signature, 40, 3)
+    cols, _ = columns_of(spec.signature, inputs)
+    f = lambdify(spec.expression, sig.columns, inline=sig.definitions)
+    with np.errstate(all="ignore"):
+        want = f(*[c.numpy() for c in cols.values()])
+    got = zoo.build(loss_id)(*inputs)
+    np.testing.assert_allclose(got.numpy(), np.broadcast_to(want, got.shape), rtol=1e-9, atol=1e-12)
+
+
+# (sympy's diff of SIoU's nested piecewise terms takes minutes: SIoU's gradient is checked
+# against autograd and the mmdetection-style reference instead)
+@pytest.mark.parametrize("loss_id", ["giou", "ciou", "focal", "qfl", "balanced_l1", "dfl",
+                                     "poly1", "eiou", "cse_autoloss_b_cls"])
+def test_closed_form_gradient_agrees_with_sympy_derivative(loss_id):
+    spec = zoo.get(loss_id)
+    sig = SIGNATURES[spec.signature]
+    compiled = zoo.compiled(loss_id)
+    needs = [i == 0 for i in sig.column_input]
+    grads = compiled.gradients(needs)
+    symbolic = to_sympy(spec.expression, inline=sig.definitions, bind_params=True)
+    inputs = sample(spec.signature, 3, 8)
+    cols, _ = columns_of(spec.signature, inputs)
+    flat = {k: v.reshape(-1)[:4] for k, v in cols.items()}
+    for col, g in zip(sig.columns, grads):
+        if g is None:
+            continue
+        want = sympy.diff(symbolic, symbol(col))
+        got = E.substitute(g, {p: E.Const(p.default) for p in E.params(g).values()})
+        f_want = sympy.lambdify([symbol(c) for c in sig.columns], want,
+                                modules=[{"Heaviside": lambda x, h0=0.5: np.heaviside(x, 0.5)},
+                                         __import__("autoloss.symbolic").symbolic.NUMPY_FUNCS,
+                                         "numpy"])
+        f_got = lambdify(got, sig.columns)
+        args = [flat[c].numpy() for c in sig.columns]
+        np.testing.assert_allclose(np.broadcast_to(f_got(*args), args[0].shape),
+                                   np.broadcast_to(f_want(*args), args[0].shape),
+                                   rtol=1e-7, atol=1e-9)
+
+
+def test_cache_by_canonical_hash():
+    a = compile_loss(box_expr("1 - iou + (enclose - union) / enclose"), BOX)
+    b = compile_loss(box_expr("(enclose - union) / enclose + 1 - iou"), BOX)
+    c = compile_loss(box_expr("1 - iou"), BOX)
+    assert a is b and a is not c
+    assert compile_loss(a.expression, BOX, mode="search") is not a
+
+
+def test_generated_source_is_readable_and_named():
+    src = zoo.compiled("giou").source
+    for name in ("iou = (inter / (union + eps))", "enclose = (cw * ch)", "def giou_vjp("):
+        assert name in src
+    assert "del " in src  # temporaries are freed as soon as they are dead
+
+
+def test_traceback_shows_generated_code():
+    loss = CompiledLoss(box_expr("1 - iou"), BOX, name="tb_check")
+    fn = loss.function([False] * 8)
+    with pytest.raises(TypeError) as err:
+        fn("not a tensor", *([torch.zeros(2)] * 7), 1e-7)
+    text = "".join(traceback.format_exception(err.value))
+    assert "<autoloss tb_check" in text and "torch." in text
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_generated_code_scripts_with_torchscript():
+    for loss_id in ("giou", "focal", "dfl", "smooth_l1"):
+        compiled = zoo.compiled(loss_id)
+        for needs in ([False] * len(compiled.signature.columns),
+                      [i == 0 for i in compiled.signature.column_input]):
+            torch.jit.script(compiled.function(needs))
+
+
+def test_search_mode_guards_instead_of_nan():
+    expr = box_expr("log(iou - 0.5) + sqrt(0.2 - iou) / (iou - iou)")
+    pred, target = sample("box", 64, 0)
+    pred = pred.clone().requires_grad_(True)
+    exact = CompiledLoss(expr, BOX, name="bad_exact")(pred, target)
+    assert not torch.isfinite(exact).all()
+    search = CompiledLoss(expr, BOX, name="bad_search", mode="search")
+    out = search(pred, target)
+    assert torch.isfinite(out).all()
+    (g,) = torch.autograd.grad(out.sum(), pred)
+    assert torch.isfinite(g).all()
+
+
+def test_chunked_evaluation_equals_whole_batch(monkeypatch):
+    pred, target = sample("box", 1000, 1)
+    pred = pred.clone().requires_grad_(True)
+    full = zoo.build("ciou")(pred, target)
+    (g_full,) = torch.autograd.grad(full.sum(), pred)
+    monkeypatch.setattr(compiler, "CHUNK", 37)
+    chunked = zoo.build("ciou")(pred, target)
+    (g_chunked,) = torch.autograd.grad(chunked.sum(), pred)
+    torch.testing.assert_close(full, chunked, rtol=0, atol=0)
+    torch.testing.assert_close(g_full, g_chunked, rtol=0, atol=0)
+    x, t = sample("sigmoid", 300, 2)
+    torch.testing.assert_close(zoo.build("focal")(x, t), zoo.build("focal")(x, t))
+
+
+def test_constant_and_unused_input_expressions():
+    pred, target = sample("box", 5, 0)
+    pred = pred.clone().requires_grad_(True)
+    const = CompiledLoss(box_expr("2 + 0 * iou"), BOX, name="const_loss")
+    out = const(pred, target)
+    torch.testing.assert_close(out, torch.full((5,), 2.0, dtype=torch.float64))
+    (g,) = torch.autograd.grad(out.sum(), pred, allow_unused=True)
+    assert g is None or not g.any()
+    only_target = CompiledLoss(box_expr("tw * th"), BOX, name="target_area")
+    out = only_target(pred, target)
+    assert out.requires_grad or not out.requires_grad  # defined either way
+    torch.testing.assert_close(out.detach(), (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1]))
+
+
+def test_unknown_names_and_bad_names_are_rejected():
+    with pytest.raises(ExpressionError, match="'x' is not a terminal of the 'box' signature"):
+        CompiledLoss(parse("x + 1", ["x"]), BOX)
+    with pytest.raises(ExpressionError, match="not a usable name"):
+        CompiledLoss(box_expr("iou"), BOX, name="bad name")
+    with pytest.raises(ExpressionError, match="not a usable name"):
+        CompiledLoss(parse("iou * import_", BOX.names, {"import_": E.Param("_hidden", 1.0)}), BOX)
+
+
+def test_double_backward_is_refused_with_a_clear_error():
+    pred, target = sample("box", 4, 0)
+    pred = pred.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(zoo.build("giou")(pred, target).sum(), pred, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
+
+
+# ------------------------------------------------------------------------- population
+def population():
+    texts = ["1 - iou", "1 - iou + (enclose - union) / (enclose + eps)",
+             "1 - iou + rho2 / (diag2 + eps)", "(1 - iou) ** 2 + rho2 / (diag2 + eps)",
+             "exp(1 - iou) - 1", "log(iou - 2)", "1 - iou ** gamma"]
+    return [box_expr(t, gamma=3.0) for t in texts]
+
+
+def test_population_matches_compiled_one_by_one():
+    pred, target = sample("box", 200, 4)
+    ev = PopulationEvaluator("box", (pred, target), mode="search")
+    results = ev.evaluate(population(), grad=True)
+    for expr, res in zip(population(), results):
+        assert isinstance(res, Result)
+        loss = CompiledLoss(expr, BOX, name="one", mode="search")
+        p = pred.clone().requires_grad_(True)
+        value = loss(p, target)
+        (g,) = torch.autograd.grad(value.sum(), p)
+        torch.testing.assert_close(res.value, value.detach(), rtol=1e-10, atol=1e-12)
+        got = torch.stack([res.grads[c] for c in ("px1", "py1", "px2", "py2")], 1)
+        torch.testing.assert_close(got, g, rtol=1e-10, atol=1e-12)
+
+
+def test_population_shares_terminals_across_calls_and_candidates():
+    pred, target = sample("box", 50, 4)
+    ev = PopulationEvaluator("box", (pred, target))
+    ev.evaluate(population()[:3])
+    first = ev.nodes_evaluated
+    ev.evaluate(population()[:3])
+    second = ev.nodes_evaluated - first
+    assert second < first  # iou, union, enclose ... were kept from the first call
+    # the same candidate twice costs nothing extra
+    before = ev.nodes_evaluated
+    ev.evaluate([population()[2]] * 5)
+    assert ev.nodes_evaluated - before <= second
+
+
+def test_population_reports_failures_without_raising():
+    pred, target = sample("box", 10, 4)
+    ev = PopulationEvaluator("box", (pred, target))
+    bad = parse("x + 1", ["x"])
+    res = ev.evaluate([bad, population()[0]])
+    assert isinstance(res[0], Failure) and "not a terminal" in res[0].reason
+    assert isinstance(res[1], Result)
+
+
+@pytest.mark.parametrize("signature", sorted(SIGNATURES))
+def test_population_on_every_signature(signature):
+    specs = [s for s in (zoo.get(i) for i in ZOO_IDS) if s.signature == signature]
+    inputs = sample(signature, 30, 9)
+    ev = PopulationEvaluator(signature, inputs, mode="exact")
+    values = ev.values([s.expression for s in specs])
+    for spec, value in zip(specs, values):
+        torch.testing.assert_close(value, zoo.build(spec.id)(*inputs), rtol=1e-10, atol=1e-12)
