@@ -3,6 +3,8 @@
     autoloss zoo list              every survey section and the losses it holds so far
     autoloss zoo show ID           formula, LaTeX, paper, defaults and generated torch source
     autoloss zoo table             the zoo as a markdown table (the README's)
+    autoloss eval --proxy P --loss SLOT=LOSS [--seeds N] [--json]   score losses on a proxy
+    autoloss export (RUN | --zoo ID | --expr E --signature S) [-o F] [--name N] [--check]
 """
 from __future__ import annotations
 
@@ -116,6 +118,105 @@ def zoo_show(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- eval
+def _options(pairs) -> dict:
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise AutolossError(f"--option takes key=value, got {item!r}")
+        for conv in (int, float):
+            try:
+                value = conv(value)
+                break
+            except ValueError:
+                continue
+        else:
+            value = {"true": True, "false": False}.get(value.lower(), value)
+        out[key.strip()] = value
+    return out
+
+
+def eval_cmd(args) -> int:
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .evaluate import evaluate
+    from .proxies import CandidateFailure
+
+    losses = {}
+    for item in args.loss:
+        slot, sep, value = item.partition("=")
+        if not sep:
+            raise AutolossError(f"--loss takes slot=loss (e.g. reg=giou or reg='1 - iou'), "
+                                f"got {item!r}")
+        losses[slot.strip()] = value
+    kwargs = dict(seeds=args.seeds, budget=args.budget, scale=args.scale, threads=args.threads,
+                  options=_options(args.option))
+    try:
+        if args.json:
+            result = evaluate(args.proxy, losses, **kwargs)
+            print(json.dumps(result.as_dict(), indent=2))
+            return 0
+        con = _console()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                      console=con, transient=True) as bar:
+            task = bar.add_task(f"{args.proxy}: {', '.join(f'{k}={v}' for k, v in losses.items())}",
+                                total=1.0)
+            result = evaluate(args.proxy, losses, **kwargs,
+                              progress=lambda done, total: bar.update(task, completed=done / total))
+    except CandidateFailure as err:
+        print(f"autoloss: the loss failed on the proxy: {err.reason}", file=sys.stderr)
+        return 1
+    arrow = "higher is better" if result.direction == "maximize" else "lower is better"
+    con.print(f"[bold]{result.proxy}[/bold] {result.metric} ({arrow}): "
+              f"[bold green]{result.mean:.4f} ± {result.std:.4f}[/bold green] over "
+              f"{len(result.values)} seed(s)")
+    con.print("  per seed: " + ", ".join(f"{v:.4f}" for v in result.values)
+              + f"   ({sum(result.seconds):.1f} s)")
+    for key, values in result.extra.items():
+        con.print(f"  {key}: " + ", ".join(f"{v:.4g}" for v in values))
+    return 0
+
+
+# ------------------------------------------------------------------------------- export
+def export_cmd(args) -> int:
+    from . import export, zoo
+    from .evaluate import resolve_loss
+
+    params = _options(args.param)
+    if args.zoo:
+        compiled = zoo.compiled(args.zoo)
+        prov = export.zoo_provenance(args.zoo)
+        default_name = "".join(w.title() for w in args.zoo.split("_")) + "Loss"
+    elif args.expr:
+        if not args.signature:
+            raise AutolossError("--expr needs --signature (box, coord, sigmoid, softmax, dist)")
+        compiled = resolve_loss(f"{args.signature}:{args.expr}", (args.signature,), "custom",
+                                params=params)
+        prov = export.Provenance(source="hand-written expression", formula=args.expr)
+        default_name = "CustomLoss"
+    elif args.run:
+        from .search.runs import export_run
+
+        return export_run(args)
+    else:
+        raise AutolossError("say what to export: RUN, --zoo ID, or --expr EXPR --signature SIG")
+    name = args.name or default_name
+    out = args.output or f"{export._snake(name)}.py"
+    path = export.to_file(compiled, out, name, params=params,
+                          trainable_constants=args.trainable_constants, provenance=prov)
+    print(f"wrote {path} ({name}, function {export._snake(name)})")
+    if args.check:
+        report = export.check(path, compiled, {k: v for k, v in params.items()})
+        print(f"check: values and gradients agree with the compiled loss in a fresh process "
+              f"(max relative difference {max(report['value'], report['grad']):.2g}, "
+              f"{report['cases']} input sets incl. degenerate ones)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -134,6 +235,36 @@ def build_parser() -> argparse.ArgumentParser:
     zs = zsub.add_parser("show", help="show one loss: formula, LaTeX, defaults, torch source")
     zs.add_argument("id", help="zoo id, e.g. giou")
     zs.set_defaults(func=zoo_show)
+
+    ev = sub.add_parser("eval", help="score losses on a proxy task over several seeds")
+    ev.add_argument("--proxy", required=True,
+                    help="boxsim, clssim, clssim_quality, digits, or module:function")
+    ev.add_argument("--loss", action="append", required=True, metavar="SLOT=LOSS",
+                    help="a zoo id or an expression per slot, e.g. cls=focal reg='1 - iou'")
+    ev.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    ev.add_argument("--budget", type=int, help="override the proxy's default budget")
+    ev.add_argument("--scale", type=float, help="override the proxy's default scale")
+    ev.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ev.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="proxy option, e.g. cls_target=iou for digits")
+    ev.add_argument("--json", action="store_true", help="print the per-seed metrics as JSON")
+    ev.set_defaults(func=eval_cmd)
+
+    ex = sub.add_parser("export", help="write a loss as a standalone PyTorch module")
+    ex.add_argument("run", nargs="?", help="a run folder (runs/<name>) to export from")
+    ex.add_argument("--trial", type=int, help="the trial number to export (default: best)")
+    ex.add_argument("--best", action="store_true", help="export the run's validated best")
+    ex.add_argument("--zoo", metavar="ID", help="export a zoo loss")
+    ex.add_argument("--expr", help="export a hand-written expression (with --signature)")
+    ex.add_argument("--signature", help="signature of --expr: box, coord, sigmoid, softmax, dist")
+    ex.add_argument("-o", "--output", help="file to write (default: <name>.py)")
+    ex.add_argument("--name", help="class name, e.g. MyLoss (the function is my_loss)")
+    ex.add_argument("--param", action="append", metavar="KEY=VALUE", help="a parameter value")
+    ex.add_argument("--trainable-constants", action="store_true",
+                    help="ship the loss's parameters as nn.Parameter")
+    ex.add_argument("--check", action="store_true",
+                    help="import the file in a fresh process and compare with the compiled loss")
+    ex.set_defaults(func=export_cmd)
     return parser
 
 

@@ -51,8 +51,10 @@ def number(value: float) -> str:
 class Emitter:
     """Writes straight-line code for several output expressions sharing one DAG."""
 
-    def __init__(self, columns: Sequence[str], names: Mapping[Expr, str], dtype_ref: str):
+    def __init__(self, columns: Sequence[str], names: Mapping[Expr, str], dtype_ref: str,
+                 tensor_params: frozenset = frozenset()):
         self.columns = set(columns)
+        self.tensor_params = frozenset(tensor_params)
         self.names = dict(names)
         self.dtype_ref = dtype_ref
         self.lines: list[str] = []
@@ -75,7 +77,7 @@ class Emitter:
             elif type(node) is Call:
                 self.tensor[node] = any(self.tensor[a] for a in node.args)
             else:
-                self.tensor[node] = False
+                self.tensor[node] = type(node) is Param and node.name in self.tensor_params
         for r in roots:
             uses[r] += 2
         return order, uses
@@ -227,7 +229,7 @@ class Emitter:
 
 def function(name: str, columns: Sequence[str], params: Mapping[str, float],
              outputs: Sequence[tuple[str, Optional[Expr]]], names: Mapping[Expr, str],
-             doc: str = "") -> str:
+             doc: str = "", tensor_params: frozenset = frozenset()) -> str:
     """Source of one function ``name(columns..., params...)`` returning ``outputs``.
 
     ``outputs`` is a list of (label, expression); an expression of ``None`` returns
@@ -237,7 +239,7 @@ def function(name: str, columns: Sequence[str], params: Mapping[str, float],
         check_identifier(c, "input")
     for p in params:
         check_identifier(p, "parameter")
-    em = Emitter(columns, names, dtype_ref=columns[0])
+    em = Emitter(columns, names, dtype_ref=columns[0], tensor_params=tensor_params)
     roots = [e for _, e in outputs if e is not None]
     em.emit(roots)
     ref = columns[0]
@@ -248,7 +250,10 @@ def function(name: str, columns: Sequence[str], params: Mapping[str, float],
             continue
         results.append(em.output(e, ref))
     sig_args = [f"{c}: Tensor" for c in columns] + [
-        f"{p}: float = {number(v)}" for p, v in params.items()]
+        f"{p}: Tensor" if p in tensor_params else f"{p}: float = {number(v)}"
+        for p, v in params.items()]
+    if tensor_params:  # no default may follow an argument without one
+        sig_args = [a.split(" = ")[0] for a in sig_args]
     if len(outputs) == 1:
         ret_type = "Tensor"
     else:

@@ -80,6 +80,8 @@ class Signature:
     #: where each column's gradient is written: (buffer, column of the buffer or None: all)
     grad_slots: tuple[tuple[int, Optional[int]], ...]
     sample: Callable[..., tuple]
+    #: inputs at the edges of the domain (identical, disjoint, nested boxes; saturated logits)
+    degenerate: Callable[..., tuple] = lambda dtype=torch.float64: ()
 
     @property
     def definitions(self) -> dict[str, Expr]:
@@ -211,6 +213,20 @@ def _sample_boxes(n: int, generator=None, dtype=torch.float64, device="cpu"):
     return pred, target
 
 
+def _degenerate_boxes(dtype=torch.float64):
+    t = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * 7, dtype=dtype)
+    p = torch.tensor([
+        [0.0, 0.0, 2.0, 2.0],        # identical
+        [1.0, 1.0, 1.0, 1.0],        # zero-area prediction inside the target
+        [5.0, 5.0, 7.0, 8.0],        # disjoint
+        [0.5, 0.5, 1.5, 1.5],        # nested inside
+        [-1.0, -1.0, 3.0, 3.0],      # nesting the target
+        [2.0, 0.0, 4.0, 2.0],        # adjacent (touching edge)
+        [1.0, -3.0, 1.5, 9.0],       # thin and crossing
+    ], dtype=dtype)
+    return p, t
+
+
 BOX = Signature(
     name="box",
     doc="Axis-aligned boxes (x1, y1, x2, y2) in absolute coordinates; one loss per box pair.",
@@ -225,6 +241,7 @@ BOX = Signature(
     column_input=(0, 0, 0, 0, 1, 1, 1, 1),
     grad_slots=((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)),
     sample=_sample_boxes,
+    degenerate=_degenerate_boxes,
 )
 
 
@@ -248,6 +265,12 @@ def _sample_coord(n: int, generator=None, dtype=torch.float64, device="cpu"):
     return pred.to(device), target.to(device)
 
 
+def _degenerate_coord(dtype=torch.float64):
+    p = torch.tensor([[0.0, 1.0, -1.0, 50.0], [1e-9, -1e-9, 0.0, -50.0]], dtype=dtype)
+    t = torch.tensor([[0.0, 1.0, 1.0, -50.0], [0.0, 0.0, 0.0, 50.0]], dtype=dtype)
+    return p, t
+
+
 COORD = Signature(
     name="coord",
     doc="Elementwise regression of 4 coordinates (raw or encoded deltas); one loss per entry.",
@@ -262,6 +285,7 @@ COORD = Signature(
     column_input=(0, 1),
     grad_slots=((0, None), (1, None)),
     sample=_sample_coord,
+    degenerate=_degenerate_coord,
 )
 
 
@@ -294,6 +318,12 @@ def _sample_sigmoid(n: int, generator=None, dtype=torch.float64, device="cpu", c
     return logits.to(device), target[:, :classes].contiguous().to(device)
 
 
+def _degenerate_sigmoid(dtype=torch.float64):
+    x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 50.0], [0.0, 0.0, -50.0]], dtype=dtype)
+    t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.3], [0.0, 1.0, 0.0]], dtype=dtype)
+    return x, t
+
+
 SIGMOID = Signature(
     name="sigmoid",
     doc="Per-class sigmoid classification; targets one-hot or soft (IoU at the positive class).",
@@ -308,6 +338,7 @@ SIGMOID = Signature(
     column_input=(0, 1),
     grad_slots=((0, None), (1, None)),
     sample=_sample_sigmoid,
+    degenerate=_degenerate_sigmoid,
 )
 
 
@@ -369,6 +400,11 @@ def _sample_softmax(n: int, generator=None, dtype=torch.float64, device="cpu", c
     return logits.to(device), labels.to(device), quality.to(device)
 
 
+def _degenerate_softmax(dtype=torch.float64):
+    x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    return x, torch.tensor([0, 0, 2]), torch.tensor([1.0, 0.0, 0.5], dtype=dtype)
+
+
 SOFTMAX = Signature(
     name="softmax",
     doc="Softmax classification over C classes (background is an explicit class).",
@@ -388,6 +424,7 @@ SOFTMAX = Signature(
     column_input=(0, 2),
     grad_slots=((0, None), (1, None)),
     sample=_sample_softmax,
+    degenerate=_degenerate_softmax,
 )
 
 
@@ -427,6 +464,12 @@ def _sample_dist(n: int, generator=None, dtype=torch.float64, device="cpu", bins
     return logits.to(device), target.to(device)
 
 
+def _degenerate_dist(dtype=torch.float64):
+    x = torch.tensor([[50.0, -50.0, 0.0, 0.0], [-50.0, 50.0, -50.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                     dtype=dtype)
+    return x, torch.tensor([0.0, 1.0, 2.999], dtype=dtype)
+
+
 DIST = Signature(
     name="dist",
     doc="A discrete distribution over B bins regressing a continuous target (DFL).",
@@ -447,6 +490,7 @@ DIST = Signature(
     column_input=(1, None, 0, 0),
     grad_slots=((0, None), (1, None), (2, None), (3, None)),
     sample=_sample_dist,
+    degenerate=_degenerate_dist,
 )
 
 

@@ -99,6 +99,30 @@ def inductor(sizes, repeats):
     print()
 
 
+def exported(sizes, repeats):
+    """The standalone module written by autoloss export vs the compiled loss."""
+    import tempfile
+
+    from autoloss import export
+
+    print("exported module (autoloss export) / compiled zoo loss, forward+backward")
+    print(f"{'loss':8s} {'N':>9s} {'compiled ms':>12s} {'exported ms':>12s} {'ratio':>7s}")
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            boxes = BOX.sample(n, g, dtype=torch.float32)
+            logits = SIGMOID.sample(n // 4, g, dtype=torch.float32, classes=4)
+            for name, inputs in (("giou", boxes), ("ciou", boxes), ("focal", logits)):
+                path = export.to_file(zoo.compiled(name), f"{tmp}/{name}.py")
+                module = export.load(path)
+                fn = getattr(module, module.__all__[0])
+                compiled, written = paired([fwd_bwd(zoo.build(name), inputs),
+                                            fwd_bwd(fn, inputs)], repeats)
+                print(f"{name:8s} {n:9d} {compiled * 1e3:12.2f} {written * 1e3:12.2f} "
+                      f"{written / compiled:7.3f}")
+    print()
+
+
 def candidates(n: int, seed: int = 0):
     rng = random.Random(seed)
     seeds = [s.expression for s in catalog.of_signature("box")]
@@ -151,9 +175,11 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     if args.quick:
         losses([10_000], 3)
+        exported([10_000], 3)
         population_bench(32, 10_000, 2)
     else:
         losses([100_000, 1_000_000], 9)
+        exported([100_000, 1_000_000], 9)
         if args.inductor:
             inductor([100_000, 1_000_000], 9)
         population_bench(256, 100_000, 3)

@@ -28,37 +28,7 @@ def float_inputs(inputs):
 
 def degenerate(signature: str, dtype=torch.float64):
     """Inputs at the edges of the domain: the cases losses are most often wrong on."""
-    if signature == "box":
-        t = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * 7, dtype=dtype)
-        p = torch.tensor([
-            [0.0, 0.0, 2.0, 2.0],        # identical
-            [1.0, 1.0, 1.0, 1.0],        # zero-area prediction inside the target
-            [5.0, 5.0, 7.0, 8.0],        # disjoint
-            [0.5, 0.5, 1.5, 1.5],        # nested inside
-            [-1.0, -1.0, 3.0, 3.0],      # nesting the target
-            [2.0, 0.0, 4.0, 2.0],        # adjacent (touching edge)
-            [1.0, -3.0, 1.5, 9.0],       # thin and crossing
-        ], dtype=dtype)
-        return p, t
-    if signature == "coord":
-        p = torch.tensor([[0.0, 1.0, -1.0, 50.0], [1e-9, -1e-9, 0.0, -50.0]], dtype=dtype)
-        t = torch.tensor([[0.0, 1.0, 1.0, -50.0], [0.0, 0.0, 0.0, 50.0]], dtype=dtype)
-        return p, t
-    if signature == "sigmoid":
-        x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 50.0], [0.0, 0.0, -50.0]], dtype=dtype)
-        t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.3], [0.0, 1.0, 0.0]], dtype=dtype)
-        return x, t
-    if signature == "softmax":
-        x = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype)
-        y = torch.tensor([0, 0, 2])
-        q = torch.tensor([1.0, 0.0, 0.5], dtype=dtype)
-        return x, y, q
-    if signature == "dist":
-        x = torch.tensor([[50.0, -50.0, 0.0, 0.0], [-50.0, 50.0, -50.0, 0.0],
-                          [0.0, 0.0, 0.0, 0.0]], dtype=dtype)
-        y = torch.tensor([0.0, 1.0, 2.999], dtype=dtype)
-        return x, y
-    raise KeyError(signature)
+    return get_signature(signature).degenerate(dtype)
 
 
 def perfect(signature: str, n: int = 16, seed: int = 0, dtype=torch.float64):

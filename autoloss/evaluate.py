@@ -1,0 +1,125 @@
+"""Score losses on a proxy over several seeds (``autoloss eval`` and the benchmarks).
+
+>>> from autoloss.evaluate import evaluate, resolve_loss        # doctest: +SKIP
+>>> result = evaluate("boxsim", {"reg": "giou"}, seeds=3, scale=0.1)
+>>> result.mean, result.std
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+from . import catalog, proxies, zoo
+from .compiler import CompiledLoss, compile_loss
+from .errors import AutolossError, ExpressionError
+from .parse import parse
+from .proxies.base import CandidateFailure, Proxy, slot_signatures
+from .signatures import SIGNATURES
+
+
+def resolve_loss(text: str, accepted: Sequence[str], name: str = "loss",
+                 params: Optional[Mapping[str, float]] = None) -> CompiledLoss:
+    """A zoo id, ``expression`` or ``signature:expression`` -> a compiled loss.
+
+    ``accepted`` are the signatures the slot takes, tried in order for a bare expression;
+    ``params`` declares named parameters an expression may use (name -> default).
+    """
+    from .expr import Param
+
+    text = text.strip()
+    if text in catalog.default().losses:
+        spec = zoo.get(text)
+        if spec.signature not in accepted:
+            raise AutolossError(f"zoo loss {text!r} has signature {spec.signature!r}; this slot "
+                                f"takes {' or '.join(accepted)}")
+        return zoo.compiled(text)
+    head, sep, rest = text.partition(":")
+    if sep and head.strip() in SIGNATURES:
+        candidates, text = [head.strip()], rest
+    else:
+        candidates = list(accepted)
+    errors = []
+    for sig_name in candidates:
+        sig = SIGNATURES[sig_name]
+        declared = dict(sig.params)
+        declared.update({k: Param(k, v) for k, v in (params or {}).items() if k not in declared})
+        try:
+            expr = parse(text, sig.names, declared, where=f"loss {name!r}")
+        except ExpressionError as err:
+            errors.append(str(err))
+            continue
+        if sig_name not in accepted:
+            raise AutolossError(f"{name}: signature {sig_name!r} does not fit this slot, which "
+                                f"takes {' or '.join(accepted)}")
+        return compile_loss(expr, sig, name=name)
+    raise AutolossError(f"{text!r} is neither a zoo id nor an expression of "
+                        f"{' or '.join(candidates)}: {errors[0]}")
+
+
+@dataclass
+class EvalResult:
+    proxy: str
+    metric: str
+    direction: str
+    seeds: list[int]
+    values: list[float]
+    extra: dict[str, list[float]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"proxy": self.proxy, "metric": self.metric, "direction": self.direction,
+                "seeds": self.seeds, "values": self.values, "mean": self.mean, "std": self.std,
+                "extra": self.extra, "seconds": self.seconds}
+
+
+def evaluate(proxy: str | Proxy, losses: Mapping[str, str | Callable], *, seeds: int | Sequence[int] = 1,
+             budget: Optional[int] = None, scale: Optional[float] = None,
+             threads: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
+             options: Optional[Mapping] = None) -> EvalResult:
+    """Run ``proxy`` with ``losses`` (zoo ids, expressions or compiled losses) per seed.
+
+    ``progress(done, total)`` is called as the proxy reports (for a progress bar).
+    Raises :class:`~autoloss.proxies.CandidateFailure` if a loss breaks a run.
+    """
+    task = proxies.get(proxy, **dict(options or {})) if isinstance(proxy, str) else proxy
+    compiled = {}
+    for slot, loss in losses.items():
+        if slot not in task.slots:
+            raise AutolossError(f"proxy {task.name!r} has no slot {slot!r}; its slots are "
+                                f"{', '.join(f'{k} ({v})' for k, v in task.slots.items())}")
+        compiled[slot] = resolve_loss(loss, slot_signatures(task, slot), slot) \
+            if isinstance(loss, str) else loss
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    steps = int(budget or task.default_budget)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    result = EvalResult(task.name, task.metric, task.direction, seed_list, [])
+    for k, seed in enumerate(seed_list):
+        def report(step, value, _k=k):
+            if progress is not None:
+                progress(_k * steps + min(step, steps), len(seed_list) * steps)
+
+        start = time.perf_counter()
+        metrics = task.run(compiled, budget=steps, seed=seed, report=report, scale=scale)
+        result.seconds.append(time.perf_counter() - start)
+        if not math.isfinite(metrics.value):
+            raise CandidateFailure(f"{metrics.metric} is {metrics.value} for seed {seed}")
+        result.values.append(metrics.value)
+        for key, value in metrics.extra.items():
+            result.extra.setdefault(key, []).append(value)
+        if progress is not None:
+            progress((k + 1) * steps, len(seed_list) * steps)
+    return result

@@ -1,0 +1,473 @@
+"""Export a loss as a standalone PyTorch module (torch only, no autoloss import).
+
+>>> from autoloss import export, zoo
+>>> source = export.to_source(zoo.compiled("giou"), name="MyGIoU")      # doctest: +SKIP
+>>> export.to_file(zoo.compiled("giou"), "my_giou.py", name="MyGIoU")   # doctest: +SKIP
+
+The written module holds, from the same code generator the search compiled:
+
+* the value function and the fused value-and-gradient function (what was scored is what
+  is shipped);
+* a functional form ``my_giou(pred, target, reduction="none", eps=..., weight=None,
+  avg_factor=None, **params)`` and an ``nn.Module`` ``MyGIoU``, with torchvision's call
+  conventions and mmdetection's ``weight`` / ``avg_factor``;
+* the formula in the docstring (plain text and LaTeX), parameters and their values,
+  provenance, input shapes;
+* optionally the parameters as ``nn.Parameter`` (``trainable_constants=True``).
+
+It scripts with ``torch.jit.script`` (autograd through the value function there); in eager
+mode it runs the fused closed-form gradient in cache-sized chunks, as the compiled loss.
+
+Safety: only validated identifiers and numbers printed by ``repr`` reach the code; every
+piece of text (titles, papers, run names) goes into docstrings through :func:`_text`,
+which escapes it, so a hostile name in a run's storage cannot inject code.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from . import __version__, codegen
+from . import expr as E
+from .compiler import CompiledLoss
+from .errors import AutolossError, ExpressionError
+
+_CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+@dataclass
+class Provenance:
+    """Where a loss came from, for the docstring (all text is escaped)."""
+
+    source: str = "expression"
+    run: str = ""
+    trial: Optional[int] = None
+    proxy: str = ""
+    metric: str = ""
+    value: Optional[float] = None
+    paper: str = ""
+    title: str = ""
+    formula: str = ""
+    latex: str = ""
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _text(value, width: int = 96) -> str:
+    """Any text, made safe for a triple-quoted docstring (no code can escape it)."""
+    text = str(value)
+    text = "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in text)
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    if text.endswith('"'):
+        text += " "
+    return text
+
+
+def _snake(name: str) -> str:
+    """Function name of a class name: MyBoxLoss -> my_box_loss, GIoU -> giou_loss."""
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.replace("IoU", "Iou")).lower()
+    return s if s.endswith("loss") else s + "_loss"
+
+
+# --------------------------------------------------------------------- signature glue
+# The tiny, TorchScript-compatible code that turns a signature's inputs into the columns
+# the generated functions take. Differentiable (autograd carries column gradients back).
+_COLUMNS = {
+    "box": ("pred: Tensor, target: Tensor", '''\
+    if pred.dim() != 2 or pred.shape[1] != 4:
+        raise ValueError(f"pred must have shape (N, 4), got {list(pred.shape)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
+    return list(pred.unbind(1)) + list(target.unbind(1))''', "pred, target", "(N,)"),
+    "coord": ("pred: Tensor, target: Tensor", '''\
+    if pred.dim() != 2 or pred.shape[1] != 4:
+        raise ValueError(f"pred must have shape (N, 4), got {list(pred.shape)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
+    return [pred, target]''', "pred, target", "(N, 4)"),
+    "sigmoid": ("logits: Tensor, target: Tensor", '''\
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (N, C), got {list(logits.shape)}")
+    if target.shape != logits.shape:
+        raise ValueError(f"target must have logits' shape {list(logits.shape)}, got {list(target.shape)}")
+    return [logits, target]''', "logits, target", "(N, C)"),
+    "softmax": ("logits: Tensor, labels: Tensor, quality: Optional[Tensor] = None", '''\
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be (N, C) and labels (N,), got {list(logits.shape)} and {list(labels.shape)}")
+    logp = torch.log_softmax(logits, 1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    if quality is None:
+        q = torch.ones_like(logp)
+    else:
+        q = quality.to(logp.dtype)
+    return [logp, q]''', "logits, labels, quality", "(N,)"),
+    "dist": ("logits: Tensor, target: Tensor", '''\
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be (N, B) and target (N,), got {list(logits.shape)} and {list(target.shape)}")
+    y = target.to(logits.dtype)
+    yl = torch.floor(y).detach()
+    left = yl.long().unsqueeze(1)
+    logp_all = torch.log_softmax(logits, 1)
+    return [y, yl, logp_all.gather(1, left).squeeze(1), logp_all.gather(1, left + 1).squeeze(1)]''',
+             "logits, target", "(N,)"),
+}
+
+_RUNTIME = '''
+_CHUNK = 65536  # elements per column evaluated at once: temporaries stay in cache
+
+
+def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor], avg_factor: Optional[float]) -> Tensor:
+    if weight is not None:
+        if weight.dim() == 1 and loss.dim() == 2:
+            weight = weight.unsqueeze(1)
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        if avg_factor is not None:
+            return loss.sum() / (avg_factor + 1.1920928955078125e-07)
+        if loss.numel() == 0:
+            return 0.0 * loss.sum()
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction}")
+
+
+class _Fused(torch.autograd.Function):
+    """Value and closed-form gradient in one pass (eager mode only)."""
+
+    @staticmethod
+    def forward(ctx, params, *cols):
+        n = cols[0].shape[0] if cols[0].dim() > 0 else 1
+        width = max(1, cols[0].numel() // max(n, 1))
+        step = max(1, _CHUNK // width)
+        if cols[0].numel() <= 2 * _CHUNK:
+            out = _value_and_grad(*[c.contiguous() for c in cols], *params)
+            value, grads = out[0], list(out[1:])
+        else:
+            value = torch.empty(cols[0].shape, dtype=cols[0].dtype, device=cols[0].device)
+            grads = [None if g is None else torch.zeros_like(cols[k]) for k, g in enumerate(_NEEDS)]
+            for start in range(0, n, step):
+                out = _value_and_grad(*[c[start:start + step].contiguous() for c in cols], *params)
+                value[start:start + step] = out[0]
+                for k, g in enumerate(out[1:]):
+                    if g is not None:
+                        grads[k][start:start + step] = g
+        ctx.grads = grads
+        return value
+
+    @staticmethod
+    def backward(ctx, gout):
+        return (None,) + tuple(None if g is None else g * gout for g in ctx.grads)
+'''
+
+
+def _needs(compiled: CompiledLoss) -> list[bool]:
+    """The exported fused gradient covers the prediction-side columns (input 0)."""
+    return [i == 0 for i in compiled.signature.column_input]
+
+
+def to_source(compiled: CompiledLoss, name: Optional[str] = None,
+              params: Optional[Mapping[str, float]] = None, *,
+              trainable_constants: bool = False, provenance: Optional[Provenance] = None) -> str:
+    """The source of a standalone module computing ``compiled`` (see the module docstring).
+
+    Args:
+        compiled: the compiled loss (``zoo.compiled(id)``, a search candidate, ...).
+        name: the class name (CamelCase, e.g. ``"MyLoss"``); the function is its snake case.
+        params: parameter values to ship as defaults (e.g. searched values).
+        trainable_constants: make the loss's own parameters ``nn.Parameter`` s.
+        provenance: where the loss came from (docstring).
+    """
+    sig = compiled.signature
+    name = name or "".join(w.title() for w in compiled.name.split("_")) + "Loss"
+    if not _CLASS.match(name):
+        raise ExpressionError(f"class name {name!r} must be CamelCase letters and digits, "
+                              "e.g. MyLoss")
+    func = _snake(name)
+    codegen.check_identifier(func, "function name")
+    values = dict(compiled.defaults)
+    for k, v in (params or {}).items():
+        if k not in values:
+            raise AutolossError(f"{compiled.name}: unknown parameter {k!r}")
+        values[k] = float(v)
+    for k in values:
+        codegen.check_identifier(k, "parameter")
+    needs = _needs(compiled)
+    grads = compiled.gradients(needs)
+    prov = provenance or Provenance()
+    own = [k for k in values if k not in sig.params]  # the loss's own (searchable) parameters
+
+    # the generated code, renamed to private helpers, defaults set to the shipped values
+    value_src = _retarget(compiled, [False] * len(needs), "_value", values)
+    vjp_src = _retarget(compiled, needs, "_value_and_grad", values)
+    tensor_src = ""
+    if trainable_constants and own:
+        tensor_src = codegen.function(
+            "_value_tensor_params", sig.columns, values, [("loss", compiled.graph)],
+            compiled.names, tensor_params=set(own))
+    args, body, call_inputs, out_shape = _COLUMNS[sig.name]
+    inputs_doc = "\n".join(f"        {i.name}: {i.shape} {_text(i.doc)}" for i in sig.inputs)
+    param_doc = "\n".join(
+        f"        {k} = {v!r}" + (f" (search range [{compiled.params[k].low:g}, "
+                                  f"{compiled.params[k].high:g}])"
+                                  if k in compiled.params and compiled.params[k].low is not None
+                                  else "") for k, v in values.items())
+    formula = prov.formula or E.to_infix(compiled.expression)
+    header = _docstring(name, compiled, prov, formula, inputs_doc, param_doc, out_shape,
+                        trainable_constants)
+    typed = [f"{k}: float = {values[k]!r}" for k in values]
+    sig_params = "".join(f", {t}" for t in typed)
+    param_names = "".join(f", {k}" for k in values)
+    param_tuple = "(" + "".join(f"{k}, " for k in values) + ")"
+    col_list = ", ".join(f"cols[{i}]" for i in range(len(sig.columns)))
+    needs_list = "[" + ", ".join("True" if (n and g is not None) else "None"
+                                 for n, g in zip(needs, grads)) + "]"
+    mask = "(" + ", ".join(repr(bool(n)) for n in needs) + ",)"
+    module_init = "\n".join(
+        (f"        self.{k} = torch.nn.Parameter(torch.tensor({values[k]!r}))"
+         if trainable_constants and k in own else f"        self.{k} = {k}") for k in values)
+    attr_args = "".join(f", self.{k}" for k in values)
+    tensor_branch = ""
+    if tensor_src:
+        tensor_branch = f'''
+        if {" or ".join(f"isinstance(self.{k}, torch.nn.Parameter)" for k in own)}:
+            cols = _columns({call_inputs})
+            loss = _value_tensor_params({col_list}{attr_args})
+            return _reduce(loss, self.reduction, weight, avg_factor)'''
+    forward_args = call_inputs.replace("quality", "quality: Optional[Tensor] = None") \
+        if sig.name == "softmax" else call_inputs
+    typed_forward = ", ".join(
+        a if ":" in a else f"{a}: Tensor" for a in forward_args.split(", "))
+    trainable_note = "torch.nn.Parameter when trainable_constants, else float"
+    return f'''"""{header}"""
+# Generated by autoloss {__version__} on {datetime.date.today()}; depends on torch only.
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["{func}", "{name}"]
+
+
+# --------------------------------------------------------------- generated loss code
+{value_src}
+
+{vjp_src}
+{tensor_src}
+# ------------------------------------------------------------------------ inputs
+def _columns({args}) -> List[Tensor]:
+{body}
+
+_NEEDS = {needs_list}
+_MASK = {mask}
+{_RUNTIME}
+
+def _fusable(cols: List[Tensor]) -> bool:
+    # the exported fused gradient covers the prediction-side columns; anything else
+    # (a target that requires grad, double backward) goes through autograd
+    if not torch.is_grad_enabled():
+        return False
+    for c, m in zip(cols, _MASK):
+        if c.requires_grad and not m:
+            return False
+    return any(c.requires_grad for c in cols)
+
+
+def {func}({args}, reduction: str = "none"{sig_params}, weight: Optional[Tensor] = None, avg_factor: Optional[float] = None) -> Tensor:
+    """{_text(prov.title or compiled.name)}: the functional form of :class:`{name}`."""
+    cols = _columns({call_inputs})
+    if torch.jit.is_scripting():
+        loss = _value({col_list}{param_names})
+    elif _fusable(cols):
+        loss = _Fused.apply({param_tuple}, *cols)
+    else:
+        loss = _value({col_list}{param_names})
+    return _reduce(loss, reduction, weight, avg_factor)
+
+
+class {name}(torch.nn.Module):
+    """{_text(prov.title or compiled.name)} as a module; parameters are attributes
+    ({trainable_note})."""
+
+    def __init__(self, reduction: str = "none"{sig_params}):
+        super().__init__()
+        self.reduction = reduction
+{module_init}
+
+    def forward(self, {typed_forward}, weight: Optional[Tensor] = None, avg_factor: Optional[float] = None) -> Tensor:{tensor_branch}
+        return {func}({call_inputs}, self.reduction{attr_args}, weight, avg_factor)
+'''
+
+
+def _retarget(compiled: CompiledLoss, needs, new_name: str, values) -> str:
+    """Generated source of one function, under ``new_name`` with shipped defaults."""
+    src = codegen.function(new_name, compiled.signature.columns, values,
+                           _outputs(compiled, needs), compiled.names)
+    return src
+
+
+def _outputs(compiled: CompiledLoss, needs) -> list:
+    from . import canon
+
+    if not any(needs):
+        return [("loss", compiled.graph)]
+    outputs = [("loss", compiled.graph)] + [
+        (f"d_{c}", g) for c, g in zip(compiled.signature.columns, compiled.gradients(needs))]
+    shared = canon.share_logsigmoid([e for _, e in outputs if e is not None])
+    it = iter(shared)
+    return [(label, None if e is None else next(it)) for label, e in outputs]
+
+
+def _docstring(name, compiled, prov, formula, inputs_doc, param_doc, out_shape, trainable):
+    from .symbolic import latex
+
+    try:
+        tex = prov.latex or latex(compiled.expression)
+    except Exception:  # noqa: BLE001 - LaTeX is documentation only
+        tex = "(LaTeX unavailable)"
+    lines = [f"{name}: {_text(prov.title or compiled.name)}.", ""]
+    if prov.paper:
+        lines += [f"    {_text(prov.paper)}", ""]
+    lines += ["    Formula (plain text):", *("        " + _text(x) for x in formula.splitlines()),
+              "", "    LaTeX:", *("        " + _text(x) for x in tex.splitlines()), "",
+              f"    Signature {compiled.signature.name!r}: output {out_shape}.", "    Inputs:",
+              inputs_doc, "", "    Parameters (shipped values):", param_doc or "        none"]
+    if trainable:
+        lines += ["", "    The loss's own parameters are torch.nn.Parameter: they train with the model."]
+    lines += ["", "    Provenance:", f"        source: {_text(prov.source)}",
+              f"        canonical hash: {compiled.hash}"]
+    for key in ("run", "trial", "proxy", "metric", "value"):
+        v = getattr(prov, key)
+        if v not in ("", None):
+            lines.append(f"        {key}: {_text(v)}")
+    for key, v in prov.extra.items():
+        lines.append(f"        {_text(key)}: {_text(v)}")
+    if prov.notes:
+        lines += ["", f"    Notes: {_text(prov.notes)}"]
+    lines += ["", "    Call conventions: torchvision's (inputs, reduction='none', eps=...), plus",
+              "    mmdetection's optional per-element weight and avg_factor.", ""]
+    return "\n".join(lines)
+
+
+def zoo_provenance(loss_id: str) -> Provenance:
+    """Provenance of a zoo entry: its title, paper, formula with helpers, LaTeX, notes."""
+    from . import zoo
+
+    spec = zoo.get(loss_id)
+    return Provenance(source=f"autoloss zoo id {loss_id!r} ({spec.file})", paper=spec.paper,
+                      title=spec.title, formula=spec.formula(), latex=spec.latex(),
+                      notes=spec.notes, extra={"reference": spec.reference} if spec.reference
+                      else {})
+
+
+def to_file(compiled: CompiledLoss, path: str | os.PathLike, name: Optional[str] = None,
+            **kwargs) -> Path:
+    """Write :func:`to_source` to ``path`` and return it."""
+    path = Path(path)
+    path.write_text(to_source(compiled, name, **kwargs))
+    return path
+
+
+def load(path: str | os.PathLike):
+    """Import a written module from its file (as a user would)."""
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"autoloss_export_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------- check
+_CHECK_SCRIPT = r"""
+import importlib.util, sys, torch
+results = []
+for k, (path, func, cases) in enumerate(torch.load(sys.argv[1])):
+    spec = importlib.util.spec_from_file_location(f"exported_{k}", path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    if "autoloss" in sys.modules:
+        raise SystemExit(f"{path}: the exported module imported autoloss")
+    fn = getattr(mod, func)
+    out = []
+    for inputs, idx in cases:
+        inputs = [x.clone().requires_grad_(True) if i in idx else x for i, x in enumerate(inputs)]
+        value = fn(*inputs)
+        grads = torch.autograd.grad(value.sum(), [inputs[i] for i in idx], allow_unused=True)
+        out.append((value.detach(), list(grads)))
+    results.append(out)
+torch.save(results, sys.argv[2])
+"""
+
+
+def check(path: str | os.PathLike, compiled: CompiledLoss,
+          params: Optional[Mapping[str, float]] = None, *, rtol: float = 1e-6,
+          atol: float = 1e-9) -> dict:
+    """Import the written file in a fresh process and compare values and gradients with the
+    compiled loss on random and degenerate inputs (float64). Raises on a mismatch."""
+    return check_many([(path, compiled, params)], rtol=rtol, atol=atol)[0]
+
+
+def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9) -> list[dict]:
+    """:func:`check` for several ``(path, compiled, params)`` in one fresh process."""
+    jobs = []
+    for path, compiled, params in items:
+        sig = compiled.signature
+        g = torch.Generator().manual_seed(0)
+        cases = [sig.sample(64, g, dtype=torch.float64), sig.sample(3, g, dtype=torch.float64),
+                 sig.degenerate(torch.float64)]
+        jobs.append((str(path), _snake(_class_name_in(Path(path))),
+                     [(list(c), [0]) for c in cases]))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(jobs, f"{tmp}/in.pt")
+        proc = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT, f"{tmp}/in.pt",
+                               f"{tmp}/out.pt"], capture_output=True, text=True, timeout=1200)
+        if proc.returncode != 0:
+            raise AutolossError("importing or running the exported module(s) in a fresh process "
+                                f"failed:\n{proc.stderr[-3000:]}")
+        results = torch.load(f"{tmp}/out.pt")
+    reports = []
+    for (path, compiled, params), (_, _, cases), theirs in zip(items, jobs, results):
+        worst = {"value": 0.0, "grad": 0.0, "cases": len(cases)}
+        for (inputs, idx), (value, grads) in zip(cases, theirs):
+            mine = [x.clone().requires_grad_(True) if i in idx else x
+                    for i, x in enumerate(inputs)]
+            v = compiled(*mine, **(params or {}))
+            gs = torch.autograd.grad(v.sum(), [mine[i] for i in idx], allow_unused=True)
+            _close(value, v.detach(), rtol, atol, f"{path}: values differ", worst, "value")
+            for a, b in zip(grads, gs):
+                a = torch.zeros_like(mine[idx[0]]) if a is None else a
+                b = torch.zeros_like(mine[idx[0]]) if b is None else b
+                _close(a, b, rtol, atol, f"{path}: gradients differ", worst, "grad")
+        reports.append(worst)
+    return reports
+
+
+def _close(a, b, rtol, atol, message, worst, key):
+    finite = torch.isfinite(b)
+    if not torch.equal(torch.isfinite(a), finite):
+        raise AutolossError(f"{message}: non-finite entries differ")
+    diff = (a[finite] - b[finite]).abs()
+    bound = atol + rtol * b[finite].abs()
+    if diff.numel():
+        worst[key] = max(worst[key], float((diff / (atol + b[finite].abs())).max()))
+        if bool((diff > bound).any()):
+            raise AutolossError(f"{message} by up to {float(diff.max()):.3g}")
+
+
+def _class_name_in(path: Path) -> str:
+    match = re.search(r'^__all__ = \["[a-z0-9_]+", "([A-Za-z0-9]+)"\]', path.read_text(), re.M)
+    if not match:
+        raise AutolossError(f"{path}: not a module written by autoloss export")
+    return match.group(1)
