@@ -92,16 +92,9 @@ class Canonicalizer:
         return Call(op, ch)
 
     # -- sums ----------------------------------------------------------------------------
-    def _flatten(self, items, op):
-        out = []
-        stack = list(reversed(items))
-        while stack:
-            x = stack.pop()
-            if type(x) is Call and x.op == op:
-                stack.extend(reversed(x.args))
-            else:
-                out.append(x)
-        return out
+    @staticmethod
+    def _flatten(items, op):
+        return [x for item in items for x in _flat(item, op)]
 
     def add(self, items) -> Expr:
         constant = 0.0

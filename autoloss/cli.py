@@ -5,6 +5,8 @@
     autoloss zoo table             the zoo as a markdown table (the README's)
     autoloss eval --proxy P --loss SLOT=LOSS [--seeds N] [--json]   score losses on a proxy
     autoloss export (RUN | --zoo ID | --expr E --signature S) [-o F] [--name N] [--check]
+    autoloss search SPACE [--trials N] [--timeout S] [--strategy S] [--resume]   search losses
+    autoloss report RUN            report.md, plots and the exported best loss of a run
 """
 from __future__ import annotations
 
@@ -181,6 +183,45 @@ def eval_cmd(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- search
+def search_cmd(args) -> int:
+    from .search.engine import Search
+    from .search.progress import Display
+
+    search = Search.create(args.space, runs_dir=args.runs_dir, name=args.name,
+                           resume=args.resume, strategy=args.strategy, seed=args.seed,
+                           trials=args.trials, timeout=args.timeout, threads=args.threads,
+                           validate=not args.no_validate)
+    con = _console()
+    con.print(f"[bold]autoloss search[/bold] {search.space.name}: {search.strategy_name}, "
+              f"{search.trials} trials on {search.space.proxy} ({search.space.metric}, "
+              f"{search.space.direction}) -> {search.folder}")
+    with Display(search, con, enabled=not args.quiet) as display:
+        search.on_trial = display.update
+        summary = search.run()
+    if summary.get("interrupted"):
+        con.print(f"[yellow]interrupted[/yellow]: finished trials are kept; continue with\n"
+                  f"  autoloss search {args.space} --resume --name {search.folder.name}"
+                  f" --runs-dir {args.runs_dir}")
+        return 130
+    from .search.report import print_summary, write_report
+
+    print_summary(summary, con)
+    if not args.no_report:
+        path = write_report(search.folder)
+        con.print(f"report: {path}")
+    return 0
+
+
+def report_cmd(args) -> int:
+    from .search.report import write_report
+    from .search.runs import resolve
+
+    path = write_report(resolve(args.run, args.runs_dir), export=not args.no_export)
+    print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------- export
 def export_cmd(args) -> int:
     from . import export, zoo
@@ -250,6 +291,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the per-seed metrics as JSON")
     ev.set_defaults(func=eval_cmd)
 
+    se = sub.add_parser("search", help="search losses (Optuna, SQLite storage under runs/)")
+    se.add_argument("space", help="a search space: box-regression, dense-classification, "
+                                  "detector, focal-tuning, or a .toml path")
+    se.add_argument("--trials", type=int, help="number of trials (default: the space's)")
+    se.add_argument("--timeout", type=float, help="stop after this many seconds")
+    se.add_argument("--strategy", choices=("random", "tpe", "evolution", "evolution-scratch",
+                                           "nsga2"), help="default: the space's")
+    se.add_argument("--seed", type=int, help="search seed (default: the space's)")
+    se.add_argument("--name", help="run name (default: <space>-<date>-<time>)")
+    se.add_argument("--runs-dir", default="runs", help="where runs live (default: runs)")
+    se.add_argument("--resume", action="store_true",
+                    help="continue the named run (default: the latest run of the space)")
+    se.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    se.add_argument("--no-validate", action="store_true", help="skip the validation stage")
+    se.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    se.add_argument("--quiet", action="store_true", help="no live progress display")
+    se.set_defaults(func=search_cmd)
+
+    rp = sub.add_parser("report", help="write report.md and plots of a run, export its best")
+    rp.add_argument("run", help="run folder or name")
+    rp.add_argument("--runs-dir", default="runs")
+    rp.add_argument("--no-export", action="store_true", help="do not export the best loss")
+    rp.set_defaults(func=report_cmd)
+
     ex = sub.add_parser("export", help="write a loss as a standalone PyTorch module")
     ex.add_argument("run", nargs="?", help="a run folder (runs/<name>) to export from")
     ex.add_argument("--trial", type=int, help="the trial number to export (default: best)")
@@ -264,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ship the loss's parameters as nn.Parameter")
     ex.add_argument("--check", action="store_true",
                     help="import the file in a fresh process and compare with the compiled loss")
+    ex.add_argument("--runs-dir", default="runs", help="where runs live (for RUN)")
     ex.set_defaults(func=export_cmd)
     return parser
 

@@ -98,25 +98,42 @@ class PopulationEvaluator:
         return self.pipeline.graph(bind(expression, values))
 
     # -- evaluation --------------------------------------------------------------------------
+    def graphs(self, expressions: Sequence[Expr],
+               params: Optional[Sequence[Optional[Mapping[str, float]]]] = None,
+               ) -> list[Expr | Failure]:
+        """The evaluable DAG of each expression, or why it does not compile."""
+        params = list(params) if params is not None else [None] * len(expressions)
+        out: list[Expr | Failure] = []
+        for expression, p in zip(expressions, params):
+            try:
+                out.append(self.graph(expression, p))
+            except (AutolossError, ValueError, RecursionError) as err:
+                out.append(Failure(f"does not compile: {err}"))
+        return out
+
     def evaluate(self, expressions: Sequence[Expr], *, grad: bool = False,
                  params: Optional[Sequence[Optional[Mapping[str, float]]]] = None,
                  ) -> list[Result | Failure]:
         """Evaluate every expression; failures are returned, not raised."""
-        params = list(params) if params is not None else [None] * len(expressions)
+        return self.evaluate_graphs(self.graphs(expressions, params), grad=grad)
+
+    def evaluate_graphs(self, graphs: Sequence[Expr | Failure], *, grad: bool = False,
+                        ) -> list[Result | Failure]:
+        """:meth:`evaluate` for DAGs from :meth:`graphs` (of any evaluator of the same
+        signature, mode and parameters: one DAG can be scored on several batches)."""
         roots: list[Optional[list[Expr]]] = []
         out: list[Result | Failure | None] = []
-        for expression, p in zip(expressions, params):
-            try:
-                g = self.graph(expression, p)
-                nodes = [g]
-                if grad:
-                    adj = autodiff.vjp(g, self.grad_columns)
-                    nodes += [adj[c] for c in self.grad_columns]
-                roots.append(nodes)
-                out.append(None)
-            except (AutolossError, ValueError, RecursionError) as err:
+        for g in graphs:
+            if isinstance(g, Failure):
                 roots.append(None)
-                out.append(Failure(f"does not compile: {err}"))
+                out.append(g)
+                continue
+            nodes = [g]
+            if grad:
+                adj = autodiff.vjp(g, self.grad_columns)
+                nodes += [adj[c] for c in self.grad_columns]
+            roots.append(nodes)
+            out.append(None)
         values = self._run([n for r in roots if r is not None for n in r])
         for i, nodes in enumerate(roots):
             if nodes is None:

@@ -143,16 +143,22 @@ def eiou_ext(pred, target, smooth_point=0.1, eps=EPS):
     return 0.5 * sign * ious ** 2 / smooth_point + (1 - sign) * (ious - 0.5 * smooth_point)
 
 
-def siou(pred, target, theta=4.0, eps=EPS):
-    # mmdetection siou_loss(neg_gamma=True): the paper's sign
+def _mmdet_parts(pred, target, clamp):
+    # mmdetection's overlap, areas and clamped enclosing extent, as in its iou losses
     lt = torch.max(pred[:, :2], target[:, :2])
     rb = torch.min(pred[:, 2:], target[:, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[:, 0] * wh[:, 1]
     ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
     ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    enc = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=clamp)
+    return overlap, ap, ag, enc
+
+
+def siou(pred, target, theta=4.0, eps=EPS):
+    # mmdetection siou_loss(neg_gamma=True): the paper's sign
+    overlap, ap, ag, enc = _mmdet_parts(pred, target, eps)
     ious = overlap / (ap + ag - overlap + eps)
-    enc = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=eps)
     cw, ch = enc[:, 0], enc[:, 1]
     w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
     w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
@@ -207,13 +213,7 @@ def inner_iou(pred, target, ratio=0.7):
 
 def _cse_uie(pred, target, eps=EPS):
     # CSE-Autoloss tools/get_loss.py reg_loss
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    enc = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
+    overlap, ap, ag, enc = _mmdet_parts(pred, target, 0)
     enclose = enc[:, 0] * enc[:, 1] + eps
     union = ap + ag - overlap + eps
     return union, overlap, enclose

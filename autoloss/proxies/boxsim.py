@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from .base import Metrics, check_losses, finite, no_report, seeded
+from .geometry import aligned_iou, xywh_to_xyxy
 
 ASPECTS = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)
 AREAS = (0.5, 2 / 3, 0.75, 1.0, 4 / 3, 1.5, 2.0)
@@ -52,19 +53,6 @@ def cases(scale: float = 1.0, seed: int = 0, dtype=torch.float32):
     return anchors.reshape(-1, 4).to(dtype), targets.reshape(-1, 4).to(dtype)
 
 
-def xywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    half = b[:, 2:] / 2
-    return torch.cat([b[:, :2] - half, b[:, :2] + half], 1)
-
-
-def iou_xywh(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = xywh_to_xyxy(a), xywh_to_xyxy(b)
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
-
 class BoxSim:
     """The DIoU-paper regression simulation (see the module docstring)."""
 
@@ -72,6 +60,8 @@ class BoxSim:
     slots = {"reg": "box"}
     metric = "error_auc"
     direction = "minimize"
+    #: plain gradient steps: a loss and a multiple of it train differently
+    gradient_scale_matters = True
     default_budget = 200
     default_scale = 0.1
     report_every = 10
@@ -100,7 +90,7 @@ class BoxSim:
             finite(value, f"the loss at iteration {t}")
             (grad,) = torch.autograd.grad(value, b)
             with torch.no_grad():
-                scale_iou = (2 - iou_xywh(boxes, targets)).unsqueeze(1)
+                scale_iou = (2 - aligned_iou(xywh_to_xyxy(boxes), target_xyxy)).unsqueeze(1)
                 boxes = boxes - eta * scale_iou * grad
             e = error(boxes)
             finite(e, f"the regression error at iteration {t}")

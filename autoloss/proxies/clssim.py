@@ -67,6 +67,8 @@ class ClsSim:
     slots = {"cls": "sigmoid"}
     metric = "ap"
     direction = "maximize"
+    #: trained with Adam: a multiple of a loss trains the same
+    gradient_scale_matters = False
     default_budget = 300
     default_scale = 1.0
     anchors_per_scale = 300_000

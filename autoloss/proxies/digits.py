@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CandidateFailure, Metrics, check_losses, finite, no_report, seeded
+from .geometry import aligned_iou, box_iou
 
 CANVAS = 64
 STRIDE = 8
@@ -84,17 +85,6 @@ def canvases(n: int, images: torch.Tensor, labels: torch.Tensor, g: torch.Genera
 def _max_iou(box, others) -> float:
     b = torch.tensor([box], dtype=torch.float32)
     return float(box_iou(b, torch.tensor(others, dtype=torch.float32)).max())
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of xyxy boxes, (len(a), len(b))."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
 def split(seed: int, train: int, val: int, size: int = CANVAS):
@@ -245,6 +235,8 @@ class Digits:
     slots = {"cls": "sigmoid", "reg": ("box", "coord")}
     metric = "map"
     direction = "maximize"
+    #: trained with Adam: a multiple of a loss trains the same
+    gradient_scale_matters = False
     default_budget = 1500
     default_scale = 1.0
     train_canvases = 2000
@@ -280,7 +272,7 @@ class Digits:
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps,
                                                     pct_start=0.1)
-        pts = points()
+        pts = points(self.canvas)
         targets = [self._targets(pts, b, c) for b, c in zip(train_b, train_c)]
         g = seeded(seed + 2)
         checkpoints = {max(1, round(steps * k / 4)) for k in (1, 2, 3)}
@@ -318,7 +310,7 @@ class Digits:
         d = ltrb.reshape(-1, 4)[pos]
         pred_boxes = torch.cat([flat_pts - d[:, :2], flat_pts + d[:, 2:]], 1)
         with torch.no_grad():
-            quality = _aligned_iou(pred_boxes, gt_boxes)
+            quality = aligned_iou(pred_boxes, gt_boxes)
         target = torch.zeros(n * p, c)
         pos_rows = pos.nonzero()[:, 0]
         target[pos_rows, gt_classes] = quality.clamp(min=1e-6) if self.cls_target == "iou" else 1.0
@@ -348,10 +340,3 @@ class Digits:
                     raise CandidateFailure("the detector's outputs became non-finite")
                 dets += detect(cls, ltrb, iou, pts)
         return coco_map(gt_boxes, gt_labels, dets)
-
-
-def _aligned_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)

@@ -1,0 +1,502 @@
+"""The search loop: Optuna ask/tell over candidates, filters, proxy runs, validation.
+
+One trial = one candidate. ``study.ask()`` opens the trial, the strategy proposes the
+candidate (or a re-enqueued interrupted trial brings its own), the filters judge it,
+accepted candidates run on the proxy with intermediate reports for the pruner, and
+``study.tell()`` closes it. Every candidate's expression, canonical hash, LaTeX, verdict,
+metrics and timings are trial attributes, so the storage alone tells the whole story: a
+killed search loses no finished trial and ``--resume`` continues where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .. import proxies
+from ..errors import AutolossError
+from ..evaluate import evaluate
+from ..proxies.base import CandidateFailure, Pruned
+from . import runs, strategies
+from .candidate import Candidate
+from .filters import FilterBank, Verdict
+from .space import Space, load, parse_space
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def proxy_options(space: Space, choices: dict[str, Any]) -> dict[str, Any]:
+    """The proxy's options with a candidate's choices merged in (``weights.cls`` nests)."""
+    options = json.loads(json.dumps(space.proxy_options))
+    for key, value in choices.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            options.setdefault(head, {})[tail] = value
+        else:
+            options[key] = value
+    return options
+
+
+@dataclass
+class Counts:
+    accepted: int = 0
+    rejected: int = 0
+    reused: int = 0
+    pruned: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    best: Optional[float] = None
+    best_formula: str = ""
+    best_trial: Optional[int] = None
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Search:
+    """A search over ``space`` in ``folder`` (see the module docstring)."""
+
+    def __init__(self, space: Space, folder: Path, *, strategy: Optional[str] = None,
+                 seed: Optional[int] = None, trials: Optional[int] = None,
+                 timeout: Optional[float] = None, threads: Optional[int] = None,
+                 validate: bool = True, on_trial: Optional[Callable] = None):
+        self.strategy_name = strategy or space.strategy
+        if self.strategy_name == "nsga2" and not space.complexity:
+            space = dataclasses.replace(space, complexity=True)  # NSGA-II: metric x size
+        self.space = space
+        self.folder = Path(folder)
+        self.seed = space.seed if seed is None else seed
+        self.trials = trials or space.trials
+        self.timeout = timeout
+        self.threads = threads
+        self.validate_after = validate
+        self.on_trial = on_trial
+        self.signatures = {s: slot.signature for s, slot in space.slots.items()}
+        self.proxy = proxies.get(space.proxy, **space.proxy_options)
+        self.strategy = strategies.make(self.strategy_name, space, self.seed)
+        self._cache: dict[int, Candidate] = {}
+        self.counts = Counts()
+        self.interrupted = False
+
+    # -- set-up ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, space: Space | str, runs_dir: str | Path = "runs", name: Optional[str] = None,
+               resume: bool = False, **options) -> "Search":
+        runs_dir = Path(runs_dir)
+        space = load(space) if isinstance(space, str) else space
+        if resume:
+            folder = runs_dir / name if name else runs.latest(runs_dir, space.name)
+            if folder is None or not (folder / "config.json").exists():
+                raise runs.RunError(f"nothing to resume: no run of {space.name!r} under "
+                                    f"{runs_dir}" + (f" named {name!r}" if name else ""))
+            config = runs.read_json(folder / "config.json")
+            space = parse_space(config["space"], config["space_name"], config["space_file"])
+            for key in ("strategy", "seed"):
+                options[key] = config["options"][key]
+            options["trials"] = options.get("trials") or config["options"]["trials"]
+        else:
+            folder = runs_dir / (name or runs.new_name(space.name))
+            if (folder / "config.json").exists():
+                raise runs.RunError(f"{folder} exists: pass --resume to continue it or --name "
+                                    "to start another run")
+            folder.mkdir(parents=True, exist_ok=True)
+        search = cls(space, folder, **options)
+        if not resume:
+            runs.write_json(folder / "config.json", {
+                "space_name": space.name, "space_file": space.file, "space": space.raw,
+                "options": {"strategy": search.strategy_name, "seed": search.seed,
+                            "trials": search.trials, "timeout": search.timeout,
+                            "threads": search.threads},
+                "created": datetime.now().isoformat(timespec="seconds"),
+                "autoloss": __import__("autoloss").__version__})
+        return search
+
+    def study(self) -> optuna.Study:
+        if self.strategy_name == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=10)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=self.seed)
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=5) if not self.space.complexity
+                  else optuna.pruners.NopPruner())
+        return optuna.create_study(study_name="search", storage=runs.storage(self.folder),
+                                   directions=self.space.directions, sampler=sampler,
+                                   pruner=pruner, load_if_exists=True)
+
+    # -- history ----------------------------------------------------------------------------
+    def candidate_of(self, trial) -> Optional[Candidate]:
+        if trial.number not in self._cache:
+            attrs = trial.user_attrs.get("candidate")
+            if attrs is None:
+                return None
+            self._cache[trial.number] = Candidate.from_attrs(attrs, self.signatures)
+        return self._cache[trial.number]
+
+    def history(self, study) -> list[strategies.Entry]:
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            cand = self.candidate_of(t)
+            if cand is not None and t.values:
+                out.append(strategies.Entry(t.number, cand, tuple(t.values)))
+        return out
+
+    def recover(self, study) -> int:
+        """Fail the trials a dead process left RUNNING and enqueue their candidates again."""
+        recovered = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.interrupt(study, t._trial_id)
+            recovered += 1
+        return recovered
+
+    @staticmethod
+    def interrupt(study, trial_id: int) -> None:
+        """Fail an unfinished trial and enqueue its candidate again (it reruns on resume)."""
+        storage = study._storage
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        frozen = storage.get_trial(trial_id)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None and "candidate" in frozen.user_attrs:
+            callback(study, frozen)  # a WAITING copy of the trial, its attributes included
+
+    def replay(self, study, bank: FilterBank) -> None:
+        """Rebuild the filters' memory and the counters from the storage."""
+        for t in study.get_trials(deepcopy=False):
+            cand = self.candidate_of(t)
+            verdict = t.user_attrs.get("verdict", {})
+            if t.state == TrialState.COMPLETE and cand is not None:
+                bank.remember(cand, Verdict(True, fingerprint=verdict.get("fingerprint", "")),
+                              t.number)
+            if t.state in FINISHED:
+                self._count(t, cand)
+
+    def _count(self, t, cand: Optional[Candidate]) -> None:
+        c = self.counts
+        verdict = t.user_attrs.get("verdict", {})
+        status = verdict.get("status")
+        if t.user_attrs.get("interrupted"):
+            c.interrupted += 1
+        elif status == "rejected":
+            c.rejected += 1
+            key = verdict.get("filter", "?")
+            c.reasons[key] = c.reasons.get(key, 0) + 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+            c.reasons["proxy"] = c.reasons.get("proxy", 0) + 1
+        elif status == "reused":
+            c.reused += 1
+        elif t.state == TrialState.COMPLETE:
+            c.accepted += 1
+        if t.state == TrialState.COMPLETE and t.values:
+            v = t.values[0]
+            if c.best is None or self.strategy.better(v, c.best):
+                c.best, c.best_trial = v, t.number
+                c.best_formula = cand.formula() if cand is not None else ""
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with runs.Lock(self.folder):
+            study = self.study()
+            recovered = self.recover(study)
+            bank = FilterBank(self.signatures, seed=self.seed,
+                              scale_matters=getattr(self.proxy, "gradient_scale_matters", True))
+            self.replay(study, bank)
+            start = time.monotonic()
+            try:
+                while True:
+                    done = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+                               if not t.user_attrs.get("interrupted"))
+                    if done >= self.trials or (self.timeout and time.monotonic() - start >
+                                               self.timeout):
+                        break
+                    self.step(study, bank)
+            except KeyboardInterrupt:
+                self.interrupted = True
+            summary = self.summarize(study, recovered)
+            runs.write_json(self.folder / "summary.json", summary)
+            if self.validate_after and not self.interrupted:
+                summary["validation"] = self.validate(study)
+                runs.write_json(self.folder / "summary.json", summary)
+            return summary
+
+    def step(self, study, bank: FilterBank) -> None:
+        t_start = time.perf_counter()
+        with warnings.catch_warnings():  # heartbeats are recorded by _Heartbeat below
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = study.ask()
+        retry = trial.user_attrs.get("candidate")
+        if trial.user_attrs.get("interrupted"):  # a re-enqueued copy of an interrupted trial
+            trial.set_user_attr("interrupted", False)
+        try:
+            if retry is not None:
+                candidate = Candidate.from_attrs(retry, self.signatures)
+            else:
+                candidate = self.strategy.propose(trial, self.history(study))
+        except KeyboardInterrupt:
+            self.interrupt(study, trial._trial_id)
+            raise
+        attrs = candidate.attrs()
+        attrs["latex"] = _latex(candidate)
+        trial.set_user_attr("candidate", attrs)
+        verdict = bank.check([candidate])[0]
+        record = {"status": verdict.status, "filter": verdict.filter, "reason": verdict.reason,
+                  "fingerprint": verdict.fingerprint}
+        proxy_s = 0.0
+        state, values, extra = TrialState.FAIL, None, {}
+        if verdict.status == "rejected" or (verdict.reused_from is not None
+                                            and verdict.reused_from < 0):
+            record["status"] = "rejected"
+        elif verdict.status == "reused":
+            source = study.trials[verdict.reused_from]
+            record["reused_from"] = verdict.reused_from
+            if source.state == TrialState.COMPLETE:
+                state, values = TrialState.COMPLETE, list(source.values)
+            else:
+                record["status"] = "rejected"
+                record["reason"] += f" (which ended {source.state.name})"
+        else:
+            t_proxy = time.perf_counter()
+            try:
+                state, values, extra = self.evaluate(trial, candidate)
+            except KeyboardInterrupt:
+                trial.set_user_attr("verdict", record)
+                self.interrupt(study, trial._trial_id)
+                raise
+            except CandidateFailure as err:
+                record.update(status="failed", filter="proxy", reason=err.reason)
+            proxy_s = time.perf_counter() - t_proxy
+        engine_s = time.perf_counter() - t_start - proxy_s
+        trial.set_user_attr("verdict", record)
+        trial.set_user_attr("result", {"metrics": extra, "proxy_s": proxy_s,
+                                       "engine_s": engine_s})
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values)
+            bank.remember(candidate, verdict, trial.number)
+        else:
+            study.tell(trial, state=state)
+        frozen = study._storage.get_trial(trial._trial_id)
+        self._count(frozen, candidate)
+        if self.on_trial is not None:
+            self.on_trial(self, frozen)
+
+    def evaluate(self, trial, candidate: Candidate):
+        """Run the proxy; returns (state, values, extra metrics)."""
+        losses = {s: candidate.compiled(s, sig) for s, sig in self.signatures.items()}
+        proxy = proxies.get(self.space.proxy, **proxy_options(self.space, candidate.choices))
+        multi = self.space.complexity
+
+        def report(step: int, value: float) -> None:
+            if multi or not math.isfinite(value):
+                return
+            trial.report(value, step)
+            if trial.should_prune():
+                raise Pruned(f"pruned at step {step}")
+
+        beat = _Heartbeat(trial)
+        try:
+            metrics = proxy.run(losses, budget=self.space.budget, seed=self.seed, report=report,
+                                scale=self.space.scale)
+        except Pruned:
+            return TrialState.PRUNED, None, {}
+        finally:
+            beat.stop()
+        values = [metrics.value] + ([float(candidate.complexity)] if multi else [])
+        if not all(math.isfinite(v) for v in values):
+            raise CandidateFailure(f"{metrics.metric} is {metrics.value}")
+        return TrialState.COMPLETE, values, metrics.as_dict()
+
+    # -- summary and validation ----------------------------------------------------------
+    def summarize(self, study, recovered: int = 0) -> dict:
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+        reasons: dict[str, dict[str, int]] = {}
+        proxy_s = engine_s = 0.0
+        for t in trials:
+            v = t.user_attrs.get("verdict", {})
+            if v.get("status") in ("rejected", "failed"):
+                bucket = reasons.setdefault(v.get("filter", "?"), {})
+                text = _short(v.get("reason", ""))
+                bucket[text] = bucket.get(text, 0) + 1
+            r = t.user_attrs.get("result", {})
+            if r.get("proxy_s"):
+                proxy_s += r["proxy_s"]
+                engine_s += r.get("engine_s", 0.0)
+        c = self.counts
+        best = []
+        for t in self.ranked(study)[:5]:
+            cand = self.candidate_of(t)
+            best.append({"trial": t.number, "values": list(t.values),
+                         "expression": {s: a for s, a in _exprs(t).items()},
+                         "latex": t.user_attrs["candidate"].get("latex", {}),
+                         "choices": cand.choices if cand else {},
+                         "origin": cand.origin if cand else "",
+                         "metrics": t.user_attrs.get("result", {}).get("metrics", {})})
+        return {
+            "run": self.folder.name, "space": self.space.name, "strategy": self.strategy_name,
+            "seed": self.seed, "proxy": self.space.proxy, "metric": self.space.metric,
+            "direction": self.space.direction, "objectives": self.space.directions,
+            "trials": len(trials), "states": states,
+            "verdicts": {"accepted": c.accepted, "rejected": c.rejected, "reused": c.reused,
+                         "pruned": c.pruned, "failed": c.failed, "interrupted": c.interrupted},
+            "rejections": reasons, "recovered_on_resume": recovered,
+            "engine_overhead": {"engine_s": engine_s, "proxy_s": proxy_s,
+                                "ratio": engine_s / proxy_s if proxy_s else None},
+            "best": best, "interrupted": self.interrupted,
+            "updated": datetime.now().isoformat(timespec="seconds"),
+        }
+
+    def ranked(self, study) -> list:
+        """Complete trials evaluated on the proxy (not reused), best first, one per key."""
+        seen, out = set(), []
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get("verdict", {}).get("status") == "accepted"]
+        trials.sort(key=lambda t: t.values[0], reverse=self.space.direction == "maximize")
+        for t in trials:
+            key = t.user_attrs["candidate"]["key"]
+            if key not in seen:
+                seen.add(key)
+                out.append(t)
+        return out
+
+    def validate(self, study) -> dict:
+        """Top-k candidates and the best zoo baseline, re-scored with more seeds and budget,
+        and on a held-out variant of the proxy."""
+        v = self.space.validation
+        top = self.ranked(study)[: int(v.get("top_k", 3))]
+        zoo = self.zoo_screening(study)
+        best_zoo = zoo[0] if zoo else None
+        entries = [(f"trial {t.number}", self.candidate_of(t), t.number) for t in top]
+        if best_zoo is not None:
+            entries.append((f"zoo {best_zoo['origin']}", best_zoo["candidate"], None))
+        rows = []
+        for label, cand, number in entries:
+            rows.append(self._score(label, cand, number, seeds=int(v.get("seeds", 3)),
+                                    budget=v.get("budget"), scale=v.get("scale")))
+        held = v.get("held_out")
+        held_rows = []
+        if held and rows:
+            picks = [rows[0]] + ([rows[-1]] if best_zoo is not None and len(rows) > 1 else [])
+            for r in picks:
+                cand = r.pop("_candidate")
+                held_rows.append(self._score(r["label"], cand, r["trial"],
+                                             seeds=int(held.get("seeds", 1)),
+                                             budget=held.get("budget", v.get("budget")),
+                                             scale=held.get("scale"),
+                                             extra_options=held.get("options", {})))
+        for r in rows + held_rows:
+            r.pop("_candidate", None)
+        return {"settings": {k: v[k] for k in v if k != "held_out"}, "held_out_settings": held,
+                "rows": rows, "held_out": held_rows,
+                "zoo_screening": [{k: z[k] for k in ("origin", "value", "trial")} for z in zoo]}
+
+    def zoo_screening(self, study) -> list[dict]:
+        """Every zoo seed combination of the space at the search settings, best first
+        (taken from the study when the search already evaluated it)."""
+        by_key = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            by_key.setdefault(t.user_attrs["candidate"]["key"], t)
+        out = []
+        i = 0
+        while True:
+            cand = self.strategy.seed_candidate(i, None)
+            if cand is None:
+                break
+            i += 1
+            t = by_key.get(cand.key)
+            if t is not None:
+                value, number = t.values[0], t.number
+            else:
+                try:
+                    res = self._run_candidate(cand, seeds=1, budget=self.space.budget,
+                                              scale=self.space.scale)
+                    value, number = res.mean, None
+                except CandidateFailure:
+                    continue
+            out.append({"origin": cand.origin, "value": value, "trial": number,
+                        "candidate": cand})
+        out.sort(key=lambda z: z["value"], reverse=self.space.direction == "maximize")
+        return out
+
+    def _run_candidate(self, cand: Candidate, seeds, budget, scale, extra_options=None):
+        losses = {s: cand.compiled(s, sig) for s, sig in self.signatures.items()}
+        options = proxy_options(self.space, cand.choices)
+        options.update(extra_options or {})
+        return evaluate(self.space.proxy, losses, seeds=list(range(self.seed, self.seed + seeds)),
+                        budget=budget, scale=scale, options=options)
+
+    def _score(self, label, cand, number, seeds, budget, scale, extra_options=None) -> dict:
+        row = {"label": label, "trial": number, "formula": cand.formula(), "_candidate": cand,
+               "seeds": seeds, "budget": budget, "scale": scale}
+        try:
+            res = self._run_candidate(cand, seeds, budget, scale, extra_options)
+            row.update(mean=res.mean, std=res.std, values=res.values, extra=res.extra)
+        except CandidateFailure as err:
+            row.update(failed=err.reason)
+        return row
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat while the proxy runs (stale trials are detectable)."""
+
+    def __init__(self, trial):
+        self.storage = trial.study._storage
+        self.trial_id = trial._trial_id
+        self.interval = self.storage.get_heartbeat_interval() if hasattr(
+            self.storage, "get_heartbeat_interval") else None
+        self._stop = threading.Event()
+        self.thread = None
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+
+    def _beat(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001 - a missed heartbeat only delays stale detection
+                pass
+
+    def stop(self):
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _latex(candidate: Candidate) -> dict[str, str]:
+    from ..symbolic import latex
+
+    out = {}
+    for slot, e in candidate.slots.items():
+        try:
+            out[slot] = latex(e)
+        except Exception:  # noqa: BLE001 - LaTeX is documentation: never fail a trial on it
+            out[slot] = ""
+    return out
+
+
+def _exprs(t) -> dict[str, str]:
+    attrs = t.user_attrs.get("candidate", {})
+    return {k[5:]: v for k, v in attrs.items() if k.startswith("expr.")}
+
+
+def _short(text: str) -> str:
+    """A reason without trial numbers and values, for counting reasons alike."""
+    import re
+
+    text = re.sub(r"trial \d+", "trial N", text)
+    text = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+    return text[:160]

@@ -1,0 +1,226 @@
+"""Cheap rejection before any proxy run, each verdict with its reason.
+
+In order, for a batch of candidates (scored together by the population evaluator):
+
+1. ``duplicate``: the canonical hash was seen -> reuse that trial's result;
+2. ``compiles``: unknown names, bad structure -> rejected;
+3. ``finite``: values and gradients on random and degenerate probe inputs -> rejected if
+   NaN/inf or if the gradient is zero everywhere (a loss that cannot train);
+4. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
+   (IoU -> 1, p -> y) the loss must decrease on average and be minimal at the target;
+5. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
+   candidate -> reuse its result. On proxies trained with plain gradient steps (boxsim) a
+   loss and a multiple of it train differently, so there the gradient norm is part of
+   the fingerprint; on Adam-trained proxies (scale-invariant) it is not.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..population import Failure, PopulationEvaluator, Result
+from ..signatures import SIGNATURES
+from .candidate import Candidate
+
+STEPS = (1.0, 0.6, 0.35, 0.15, 0.05, 0.0)  # distance to the target along a probe sequence
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    filter: str = ""
+    reason: str = ""
+    reused_from: Optional[int] = None
+    fingerprint: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "accepted"
+        return "reused" if self.reused_from is not None else "rejected"
+
+
+def convergence_inputs(signature: str, m: int = 24, seed: int = 0):
+    """Inputs of ``len(STEPS)`` blocks of ``m`` rows; block k is at distance STEPS[k]."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64
+    k = len(STEPS)
+    s = torch.tensor(STEPS, dtype=dt).repeat_interleave(m)
+    if signature in ("box", "coord"):
+        target = SIGNATURES["box"].sample(m, g, dtype=dt)[1] if signature == "box" else \
+            torch.randn(m, 4, generator=g, dtype=dt)
+        size = (target[:, 2:] - target[:, :2]).repeat(1, 2) if signature == "box" else 1.0
+        offset = (torch.rand(m, 4, generator=g, dtype=dt) - 0.5) * 2.0 * size
+        if signature == "box":  # keep x1 < x2: move the centre, scale the size
+            c = (target[:, :2] + target[:, 2:]) / 2
+            wh = target[:, 2:] - target[:, :2]
+            shift = offset[:, :2]
+            stretch = torch.exp((torch.rand(m, 2, generator=g, dtype=dt) - 0.5) * 2.0)
+            tgt = target.repeat(k, 1)
+            cc = c.repeat(k, 1) + s[:, None] * shift.repeat(k, 1)
+            ww = wh.repeat(k, 1) * stretch.repeat(k, 1) ** s[:, None]
+            pred = torch.cat([cc - ww / 2, cc + ww / 2], 1)
+            return (pred, tgt)
+        tgt = target.repeat(k, 1)
+        return (tgt + s[:, None] * offset.repeat(k, 1), tgt)
+    if signature == "sigmoid":
+        c = 3
+        y = torch.zeros(m, c, dtype=dt)
+        y[torch.arange(m), torch.randint(0, c, (m,), generator=g)] = 1.0
+        base = (y * 2 - 1) * 4.0  # the right answer, confidently
+        logits = base.repeat(k, 1) - s[:, None] * 8.0 * (y.repeat(k, 1) * 2 - 1)
+        return (logits, y.repeat(k, 1))
+    if signature == "softmax":
+        c = 4
+        labels = torch.randint(0, c, (m,), generator=g)
+        onehot = torch.nn.functional.one_hot(labels, c).to(dt)
+        logits = (onehot * 6.0 - 3.0).repeat(k, 1) * (1 - s[:, None]) + \
+            torch.randn(m, c, generator=g, dtype=dt).repeat(k, 1) * s[:, None]
+        return (logits, labels.repeat(k), torch.ones(k * m, dtype=dt))
+    if signature == "dist":
+        b = 8
+        target = torch.rand(m, generator=g, dtype=dt) * (b - 1.5) + 0.2
+        left = target.floor().long()
+        wl = left + 1 - target
+        ideal = torch.full((m, b), 1e-4, dtype=dt)
+        ideal[torch.arange(m), left] = wl
+        ideal[torch.arange(m), left + 1] = 1 - wl
+        flat = torch.full((m, b), 1.0 / b, dtype=dt)
+        mix = (1 - s[:, None]) * ideal.repeat(k, 1) + s[:, None] * flat.repeat(k, 1)
+        return (mix.log(), target.repeat(k))
+    raise KeyError(signature)
+
+
+class FilterBank:
+    """The rejection filters of one search space (see the module docstring)."""
+
+    def __init__(self, signatures: dict[str, str], *, scale_matters: bool = True,
+                 probe_rows: int = 96, seed: int = 0):
+        self.signatures = dict(signatures)
+        self.scale_matters = scale_matters
+        g = torch.Generator().manual_seed(seed)
+        self.random, self.edges, self.convergence = {}, {}, {}
+        for slot, name in self.signatures.items():
+            sig = SIGNATURES[name]
+            inputs = sig.sample(probe_rows, g, dtype=torch.float64)
+            self.random[slot] = PopulationEvaluator(sig, inputs, mode="search")
+            self.edges[slot] = PopulationEvaluator(sig, sig.degenerate(torch.float64), mode="search")
+            self.convergence[slot] = PopulationEvaluator(sig, convergence_inputs(name, seed=seed),
+                                                         mode="search")
+        self.seen_keys: dict[str, int] = {}
+        self.seen_prints: dict[str, int] = {}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def remember(self, candidate: Candidate, verdict: Verdict, trial: int) -> None:
+        """Record a finished trial so later duplicates and equivalents reuse its result."""
+        self.seen_keys.setdefault(candidate.key, trial)
+        if verdict.fingerprint:
+            self.seen_prints.setdefault(verdict.fingerprint, trial)
+
+    # -- the filters -----------------------------------------------------------------------
+    def check(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        verdicts: list[Optional[Verdict]] = [None] * len(candidates)
+        batch_keys: dict[str, int] = {}
+        todo = []
+        for i, cand in enumerate(candidates):
+            key = cand.key
+            if key in self.seen_keys:
+                verdicts[i] = Verdict(False, "duplicate", "same canonical form as trial "
+                                      f"{self.seen_keys[key]}", self.seen_keys[key])
+            elif key in batch_keys:
+                verdicts[i] = Verdict(False, "duplicate", "same canonical form as another "
+                                      "candidate of this batch", -1)
+            else:
+                batch_keys[key] = i
+                todo.append(i)
+        prints = {i: [] for i in todo}
+        for slot in self.signatures:
+            graphs = self.random[slot].graphs([candidates[i].slots[slot] for i in todo])
+            rand = self.random[slot].evaluate_graphs(graphs, grad=True)
+            edge = self.edges[slot].evaluate_graphs(graphs, grad=True)
+            conv = self.convergence[slot].evaluate_graphs(graphs)
+            for i, r, e, c in zip(todo, rand, edge, conv):
+                if verdicts[i] is not None:
+                    continue
+                verdicts[i] = (self._compiles(r) or self._finite(r, e, slot)
+                               or self._converges(c, slot))
+                if verdicts[i] is None:
+                    prints[i].append(self._fingerprint(r))
+        for i in todo:
+            if verdicts[i] is not None:
+                continue
+            choices = repr(sorted(candidates[i].choices.items()))
+            fp = hashlib.sha256(("|".join(prints[i]) + choices).encode()).hexdigest()[:16]
+            if fp in self.seen_prints:
+                verdicts[i] = Verdict(False, "equivalent", "same gradients on the probes as trial "
+                                      f"{self.seen_prints[fp]}", self.seen_prints[fp], fp)
+            else:
+                verdicts[i] = Verdict(True, fingerprint=fp)
+        return verdicts  # type: ignore[return-value]
+
+    @staticmethod
+    def _compiles(r) -> Optional[Verdict]:
+        if isinstance(r, Failure):
+            return Verdict(False, "compiles", r.reason)
+        return None
+
+    def _finite(self, r: Result, e, slot: str) -> Optional[Verdict]:
+        for name, res in (("random probes", r), ("degenerate inputs", e)):
+            if isinstance(res, Failure):
+                return Verdict(False, "compiles", res.reason)
+            if not torch.isfinite(res.value).all():
+                bad = int((~torch.isfinite(res.value)).sum())
+                return Verdict(False, "finite", f"non-finite loss on {bad} of {res.value.numel()} "
+                                                f"{name} ({self.signatures[slot]} slot {slot!r})")
+            for col, g in res.grads.items():
+                if not torch.isfinite(g).all():
+                    return Verdict(False, "finite", f"non-finite gradient d/d{col} on {name} "
+                                                    f"(slot {slot!r})")
+        if all(float(g.abs().max()) == 0.0 for g in r.grads.values()):
+            return Verdict(False, "finite", f"zero gradient with respect to the prediction "
+                                            f"everywhere (slot {slot!r}): it cannot train")
+        return None
+
+    def _converges(self, c, slot: str) -> Optional[Verdict]:
+        if isinstance(c, Failure):
+            return Verdict(False, "compiles", c.reason)
+        c = c.value
+        v = c.reshape(len(STEPS), -1, *c.shape[1:]).double()
+        v = v.reshape(len(STEPS), v.shape[1], -1).sum(-1)  # per probe row
+        if not torch.isfinite(v).all():
+            return Verdict(False, "finite", f"non-finite loss on the convergence probes "
+                                            f"(slot {slot!r})")
+        mean = v.mean(1)
+        spread = float(mean.max() - mean.min())
+        tol = 1e-9 + 1e-6 * float(mean.abs().max())
+        if spread <= tol:
+            return Verdict(False, "convergence", f"the loss does not change as the prediction "
+                                                 f"approaches the target (slot {slot!r})")
+        diffs = mean[1:] - mean[:-1]
+        if bool((diffs > 1e-3 * spread + tol).any()):
+            k = int(torch.nonzero(diffs > 1e-3 * spread + tol)[0])
+            return Verdict(False, "convergence",
+                           f"the mean loss rises from {mean[k]:.4g} to {mean[k + 1]:.4g} as the "
+                           f"prediction moves towards the target (slot {slot!r})")
+        at_target = v[-1]
+        worse = (at_target[None] > v[:-1] + 1e-6 * spread + tol).any(0)
+        if float(worse.double().mean()) > 0.05:
+            return Verdict(False, "convergence",
+                           f"the loss is not minimal at a perfect prediction on "
+                           f"{float(worse.double().mean()) * 100:.0f}% of the probes (slot {slot!r})")
+        return None
+
+    def _fingerprint(self, r: Result) -> str:
+        g = torch.cat([r.grads[c].reshape(-1) for c in sorted(r.grads)]).double()
+        norm = float(g.norm())
+        direction = (g / norm).numpy() if norm > 0 else g.numpy()
+        rounded = np.round(direction, 3) + 0.0  # + 0.0 folds -0.0 into 0.0
+        text = rounded.tobytes()
+        if self.scale_matters and norm > 0:
+            text += f"|{round(math.log10(norm), 1)}".encode()
+        return hashlib.sha256(text).hexdigest()[:16]

@@ -1,0 +1,296 @@
+"""Search spaces: which slots to search, with what, on which proxy, towards which objective.
+
+A search space is a TOML file in ``search_spaces/`` (or any path)::
+
+    [search]
+    description = "..."
+    strategy = "evolution"        # random | tpe | evolution | nsga2
+    trials = 60
+
+    [proxy]
+    name = "boxsim"               # or digits, clssim, module:function
+    budget = 200
+    scale = 0.02                  # optional
+    options = {}                  # proxy options
+
+    [objective]
+    metric = "error_auc"
+    direction = "minimize"
+    complexity = false            # true: second objective, the candidate's size (nsga2)
+
+    [slots.reg]
+    signature = "box"
+    mode = "tree"                 # tree: search expressions; params: tune a zoo loss's parameters
+    seeds = ["giou", "diou", ...] # zoo ids ("zoo": every zoo loss of the signature)
+    primitives = ["add", "sub", ...]
+    terminals = ["iou", ...]      # or "all"
+    constants = [0.5, 1, 2, 3]
+    max_depth = 7
+    max_nodes = 48
+    params.gamma = { default = 2.0, range = [0.0, 5.0] }   # extra tunable parameters
+
+    [choices]                     # categorical choices handed to the proxy as options
+    "weights.cls" = [0.5, 1.0, 2.0]
+
+    [validation]
+    top_k = 3
+    seeds = 3
+    budget = 200
+    scale = 0.1
+    held_out = { scale = 1.0, seeds = 1 }
+
+Every problem is reported with the file, the table and the field.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import catalog, ops, proxies
+from ..errors import AutolossError, did_you_mean
+from ..expr import Param
+from ..signatures import SIGNATURES
+
+STRATEGIES = ("random", "tpe", "evolution", "nsga2")
+
+
+class SpaceError(AutolossError, ValueError):
+    """A malformed search-space file."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    signature: str
+    mode: str = "tree"
+    seeds: tuple[str, ...] = ()
+    primitives: tuple[str, ...] = ()
+    terminals: tuple[str, ...] = ()
+    constants: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    max_depth: int = 7
+    max_nodes: int = 48
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    description: str
+    file: str
+    strategy: str
+    trials: int
+    seed: int
+    proxy: str
+    budget: Optional[int]
+    scale: Optional[float]
+    proxy_options: dict[str, Any]
+    metric: str
+    direction: str
+    complexity: bool
+    slots: dict[str, Slot]
+    choices: dict[str, tuple]
+    validation: dict[str, Any]
+    population: int = 16
+    tournament: int = 4
+    crossover: float = 0.3
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def directions(self) -> list[str]:
+        return [self.direction, "minimize"] if self.complexity else [self.direction]
+
+
+def default_dir() -> Path:
+    from .. import search_spaces
+
+    return Path(search_spaces.__file__).parent
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in default_dir().glob("*.toml"))
+
+
+def load(name_or_path: str | Path) -> Space:
+    """A shipped space by name (``box-regression``) or a TOML file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        candidate = default_dir() / f"{name_or_path}.toml"
+        if not candidate.exists():
+            raise SpaceError(f"unknown search space {str(name_or_path)!r}; "
+                             f"{did_you_mean(str(name_or_path), names())}, or a path to a .toml file")
+        path = candidate
+    if not path.exists():
+        raise SpaceError(f"{path}: no such search-space file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SpaceError(f"{path.name}: not valid TOML: {err}") from None
+    return parse_space(data, path.stem, path.name)
+
+
+def _fail(file: str, table: str, fld: str, problem: str):
+    raise SpaceError(f"{file} [{table}] field {fld!r}: {problem}")
+
+
+def _known(file, table, data: dict, allowed: set):
+    unknown = set(data) - allowed
+    if unknown:
+        fld = sorted(unknown)[0]
+        _fail(file, table, fld, f"unknown field; {did_you_mean(fld, allowed)}")
+
+
+def _get(file, table, data, fld, kind, default=None, required=False):
+    if fld not in data:
+        if required:
+            _fail(file, table, fld, "is required")
+        return default
+    value = data[fld]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        _fail(file, table, fld, f"must be {' or '.join(k.__name__ for k in kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        _fail(file, table, fld, f"must be {' or '.join(k.__name__ for k in kinds)}, "
+                                f"got {type(value).__name__}")
+    return value
+
+
+def parse_space(data: dict, name: str, file: str = "<space>") -> Space:
+    _known(file, "top level", data, {"search", "proxy", "objective", "slots", "choices",
+                                     "validation"})
+    search = data.get("search", {})
+    _known(file, "search", search, {"description", "strategy", "trials", "seed", "population",
+                                    "tournament", "crossover"})
+    strategy = _get(file, "search", search, "strategy", str, "evolution")
+    if strategy not in STRATEGIES:
+        _fail(file, "search", "strategy", f"unknown strategy {strategy!r}; use one of "
+                                          f"{', '.join(STRATEGIES)}")
+    trials = _get(file, "search", search, "trials", int, 50)
+    if trials < 1:
+        _fail(file, "search", "trials", "must be at least 1")
+
+    proxy_t = data.get("proxy")
+    if not isinstance(proxy_t, dict):
+        raise SpaceError(f"{file}: missing [proxy] table (name, budget, scale, options)")
+    _known(file, "proxy", proxy_t, {"name", "budget", "scale", "options"})
+    proxy_name = _get(file, "proxy", proxy_t, "name", str, required=True)
+    options = _get(file, "proxy", proxy_t, "options", dict, {})
+    try:
+        task = proxies.get(proxy_name, **options)
+    except TypeError as err:
+        _fail(file, "proxy", "options", f"{err}")
+    except AutolossError as err:
+        _fail(file, "proxy", "name", str(err))
+
+    objective = data.get("objective", {})
+    _known(file, "objective", objective, {"metric", "direction", "complexity"})
+    metric = _get(file, "objective", objective, "metric", str, task.metric)
+    if metric != task.metric:
+        _fail(file, "objective", "metric", f"proxy {task.name!r} reports {task.metric!r} as its "
+                                           f"primary metric, not {metric!r}")
+    direction = _get(file, "objective", objective, "direction", str, task.direction)
+    if direction != task.direction:
+        _fail(file, "objective", "direction", f"{metric!r} is to be {task.direction}d")
+
+    slots_t = data.get("slots")
+    if not isinstance(slots_t, dict) or not slots_t:
+        raise SpaceError(f"{file}: missing [slots.<name>] tables (one per loss slot of the proxy)")
+    if set(slots_t) != set(task.slots):
+        raise SpaceError(f"{file}: [slots] must name the proxy's slots {sorted(task.slots)}, "
+                         f"got {sorted(slots_t)}")
+    slots = {s: _slot(file, s, body, proxies.slot_signatures(task, s)) for s, body in slots_t.items()}
+
+    choices_t = data.get("choices", {})
+    choices = {}
+    for key, values in choices_t.items():
+        if not isinstance(values, list) or not values:
+            _fail(file, "choices", key, "must be a non-empty list of values")
+        choices[key] = tuple(values)
+
+    validation = data.get("validation", {})
+    _known(file, "validation", validation, {"top_k", "seeds", "budget", "scale", "held_out"})
+    held = validation.get("held_out", {})
+    if not isinstance(held, dict):
+        _fail(file, "validation", "held_out", "must be a table of proxy overrides "
+                                             "(scale, seeds, budget, options)")
+    _known(file, "validation.held_out", held, {"scale", "seeds", "budget", "options"})
+
+    return Space(
+        name=name, description=_get(file, "search", search, "description", str, ""), file=file,
+        strategy=strategy, trials=trials, seed=_get(file, "search", search, "seed", int, 0),
+        proxy=proxy_name, budget=_get(file, "proxy", proxy_t, "budget", int, None),
+        scale=_get(file, "proxy", proxy_t, "scale", (int, float), None), proxy_options=options,
+        metric=metric, direction=direction,
+        complexity=_get(file, "objective", objective, "complexity", bool, strategy == "nsga2"),
+        slots=slots, choices=choices, validation=validation,
+        population=_get(file, "search", search, "population", int, 16),
+        tournament=_get(file, "search", search, "tournament", int, 4),
+        crossover=float(_get(file, "search", search, "crossover", (int, float), 0.3)), raw=data)
+
+
+def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
+    table = f"slots.{name}"
+    if not isinstance(body, dict):
+        raise SpaceError(f"{file} [{table}]: must be a table")
+    _known(file, table, body, {"signature", "mode", "seeds", "primitives", "terminals",
+                               "constants", "max_depth", "max_nodes", "params"})
+    signature = _get(file, table, body, "signature", str, accepted[0])
+    if signature not in accepted:
+        _fail(file, table, "signature", f"the proxy's slot takes {' or '.join(accepted)}, "
+                                        f"not {signature!r}")
+    sig = SIGNATURES[signature]
+    mode = _get(file, table, body, "mode", str, "tree")
+    if mode not in ("tree", "params"):
+        _fail(file, table, "mode", "must be 'tree' (search expressions) or 'params' (tune a zoo "
+                                   "loss's parameters)")
+    seeds = body.get("seeds", [])
+    if seeds == "zoo":
+        seeds = [s.id for s in catalog.of_signature(signature)]
+    if not isinstance(seeds, list) or not all(isinstance(s, str) for s in seeds):
+        _fail(file, table, "seeds", "must be a list of zoo ids or \"zoo\"")
+    for s in seeds:
+        if s not in catalog.default().losses:
+            _fail(file, table, "seeds", f"unknown zoo id {s!r}; "
+                                        f"{did_you_mean(s, catalog.default().losses)}")
+        if catalog.get(s).signature != signature:
+            _fail(file, table, "seeds", f"zoo loss {s!r} has signature "
+                                        f"{catalog.get(s).signature!r}, not {signature!r}")
+    if mode == "params" and len(seeds) != 1:
+        _fail(file, table, "seeds", "mode = 'params' tunes exactly one zoo loss: give one seed")
+    prims = body.get("primitives", [n for n in ops.names() if n not in ("stop_grad",)])
+    if not isinstance(prims, list):
+        _fail(file, table, "primitives", "must be a list of primitive names")
+    for p in prims:
+        if p not in ops.REGISTRY:
+            _fail(file, table, "primitives", f"unknown primitive {p!r}; "
+                                             f"{did_you_mean(p, ops.REGISTRY)}")
+    terms = body.get("terminals", "all")
+    if terms == "all":
+        terms = sig.names
+    if not isinstance(terms, list) or not terms:
+        _fail(file, table, "terminals", "must be \"all\" or a non-empty list of terminal names")
+    for t in terms:
+        if t not in sig.names:
+            _fail(file, table, "terminals", f"{t!r} is not a terminal of the {signature!r} "
+                                            f"signature; {did_you_mean(t, sig.names)}")
+    consts = body.get("constants", [0.5, 1.0, 2.0, 3.0])
+    if not isinstance(consts, list) or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in consts):
+        _fail(file, table, "constants", "must be a list of numbers")
+    max_depth = _get(file, table, body, "max_depth", int, 7)
+    max_nodes = _get(file, table, body, "max_nodes", int, 48)
+    if not 2 <= max_depth <= 32:
+        _fail(file, table, "max_depth", "must lie in [2, 32]")
+    if not 3 <= max_nodes <= 512:
+        _fail(file, table, "max_nodes", "must lie in [3, 512]")
+    extra = {}
+    for pname, spec in body.get("params", {}).items():
+        try:
+            extra[pname] = catalog._param(f"{file} [{table}]", pname, spec, sig)
+        except AutolossError as err:
+            raise SpaceError(str(err)) from None
+        if extra[pname].low is None:
+            _fail(file, table, f"params.{pname}", "a searched parameter needs a range = [lo, hi]")
+    return Slot(name, signature, mode, tuple(seeds), tuple(prims), tuple(terms),
+                tuple(float(c) for c in consts), max_depth, max_nodes, extra)

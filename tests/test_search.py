@@ -1,0 +1,309 @@
+"""The search engine: spaces, operators, filters, strategies, runs, resume, reports."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoloss import catalog, zoo
+from autoloss import expr as E
+from autoloss.search import Search, space as spaces
+from autoloss.search.candidate import Candidate
+from autoloss.search.filters import FilterBank
+from autoloss.search.operators import Grammar, crossover, mutate
+from autoloss.search.runs import storage
+from autoloss.search.space import SpaceError
+from autoloss.search.strategies import NAMES, rank_and_crowding
+from autoloss.signatures import BOX
+
+TINY = textwrap.dedent("""
+    [search]
+    strategy = "evolution"
+    trials = 14
+    population = 6
+    tournament = 3
+
+    [proxy]
+    name = "boxsim"
+    budget = 20
+    scale = 0.002
+
+    [slots.reg]
+    signature = "box"
+    seeds = ["iou", "giou", "diou", "ciou"]
+    primitives = ["add", "sub", "mul", "div", "exp", "log", "sqrt", "min", "max"]
+    terminals = ["iou", "union", "enclose", "rho2", "diag2", "pw", "tw"]
+    max_depth = 7
+    max_nodes = 60
+
+    [validation]
+    top_k = 2
+    seeds = 2
+    scale = 0.003
+    held_out = { scale = 0.004, seeds = 1 }
+""")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+# -------------------------------------------------------------------------------- spaces
+def test_shipped_spaces_load():
+    assert {"box-regression", "dense-classification", "detector", "focal-tuning"} <= set(
+        spaces.names())
+    for name in spaces.names():
+        space = spaces.load(name)
+        assert space.slots and space.proxy and space.strategy in ("random", "tpe", "evolution",
+                                                                  "nsga2")
+    detector = spaces.load("detector")
+    assert set(detector.slots) == {"cls", "reg"} and "weights.reg" in detector.choices
+    assert spaces.load("focal-tuning").slots["cls"].mode == "params"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("trials = 14", "trials = 0"), "[search] field 'trials': must be at least 1"),
+    (('strategy = "evolution"', 'strategy = "annealing"'), "unknown strategy 'annealing'"),
+    (('name = "boxsim"', 'name = "boxsimm"'), "did you mean 'boxsim'"),
+    (('signature = "box"', 'signature = "sigmoid"'), "the proxy's slot takes box"),
+    (('seeds = ["iou", "giou", "diou", "ciou"]', 'seeds = ["giou", "focal"]'),
+     "zoo loss 'focal' has signature 'sigmoid'"),
+    (('seeds = ["iou", "giou", "diou", "ciou"]', 'seeds = ["gio"]'), "did you mean 'giou'"),
+    (('primitives = ["add",', 'primitives = ["plus", "add",'), "unknown primitive 'plus'"),
+    (('terminals = ["iou",', 'terminals = ["iuo", "iou",'), "'iuo' is not a terminal"),
+    (("max_depth = 7", "max_depth = 70"), "field 'max_depth': must lie in [2, 32]"),
+    (("[slots.reg]", "[slots.cls]"), "[slots] must name the proxy's slots ['reg']"),
+    (("budget = 20", "budget = 'twenty'"), "field 'budget': must be int"),
+    (("tournament = 3", "tournament = 3\ncolour = 1"), "[search] field 'colour': unknown field"),
+])
+def test_malformed_spaces_name_file_table_and_field(tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.replace(*edit))
+    with pytest.raises(SpaceError) as err:
+        spaces.load(path)
+    assert message in str(err.value) and "bad.toml" in str(err.value)
+
+
+def test_unknown_space_name():
+    with pytest.raises(SpaceError, match="did you mean 'box-regression'"):
+        spaces.load("box-regresion")
+
+
+# ----------------------------------------------------------------------------- operators
+GRAMMAR = Grammar(["add", "sub", "mul", "div", "exp", "log", "sqrt", "min", "max", "pow"],
+                  ["iou", "rho2", "enclose", "union"], max_depth=6, max_nodes=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000))
+def test_operators_keep_trees_valid_and_within_limits(seed):
+    rng = random.Random(seed)
+    parent = GRAMMAR.tree(rng)
+    other = GRAMMAR.tree(rng)
+    child, kind = mutate(rng, parent, GRAMMAR)
+    mixed = crossover(rng, parent, other, GRAMMAR)
+    for tree in (parent, child, mixed):
+        assert GRAMMAR.fits(tree)
+        assert E.variables(tree) <= {"iou", "rho2", "enclose", "union"}
+        assert E.ops_used(tree) <= set(GRAMMAR.primitives)
+    assert kind in ("subtree", "point", "insert", "delete", "constant")
+
+
+def test_operators_recombine_zoo_losses_deterministically():
+    giou, diou = catalog.get("giou").expression, catalog.get("diou").expression
+    g = Grammar(["add", "mul"], BOX.names, max_depth=9, max_nodes=80)
+    a = crossover(random.Random(1), giou, diou, g)
+    b = crossover(random.Random(1), giou, diou, g)
+    assert a == b and a != giou
+    kids = {crossover(random.Random(s), giou, diou, g) for s in range(30)}
+    assert any("rho2" in E.variables(k) and "enclose" in E.variables(k) for k in kids)
+
+
+def test_rank_and_crowding():
+    rank, crowd = rank_and_crowding([(1, 5), (2, 2), (3, 1), (3, 3), (4, 4)],
+                                    ["minimize", "minimize"])
+    assert rank[:3] == [0, 0, 0] and rank[3] == 1 and rank[4] == 2
+    assert crowd[0] == crowd[2] == float("inf")
+
+
+# ------------------------------------------------------------------------------- filters
+def box_expr(text):
+    return E.Call("add", (E.Const(0.0), E.Const(0.0))) if text is None else \
+        __import__("autoloss.parse", fromlist=["parse"]).parse(text, BOX.names, BOX.params)
+
+
+def test_filters_accept_the_zoo_and_explain_rejections():
+    bank = FilterBank({"reg": "box"})
+    texts = ["1 - iou", "2 + 0 * iou", "log(iou - 2)", "iou", "1 - iou + rho2 / (diag2 + eps)",
+             "(1 - iou) + 0", "tw * th"]
+    verdicts = bank.check([Candidate({"reg": box_expr(t)}) for t in texts])
+    by = {t: v for t, v in zip(texts, verdicts)}
+    assert by["1 - iou"].ok and by["1 - iou + rho2 / (diag2 + eps)"].ok
+    assert by["2 + 0 * iou"].filter in ("finite", "convergence")
+    assert by["iou"].filter == "convergence" and "rises" in by["iou"].reason
+    assert by["(1 - iou) + 0"].filter == "duplicate"
+    assert by["tw * th"].filter == "finite" and "zero gradient" in by["tw * th"].reason
+    assert all(v.reason for v in verdicts if not v.ok)
+    zoo_box = [s for s in catalog.of_signature("box")]
+    zv = bank.check([Candidate({"reg": s.expression}) for s in zoo_box])
+    rejected = {s.id: v.reason for s, v in zip(zoo_box, zv) if not v.ok}
+    assert set(rejected) <= {"focal_eiou"}  # IoU^gamma weighting: not monotone in IoU
+
+
+def test_equivalence_up_to_scale_depends_on_the_proxy():
+    a = Candidate({"reg": box_expr("1 - iou")})
+    b = Candidate({"reg": box_expr("2 - 2 * iou")})
+    for scale_matters, equivalent in ((True, False), (False, True)):
+        bank = FilterBank({"reg": "box"}, scale_matters=scale_matters)
+        (va,) = bank.check([a])
+        bank.remember(a, va, trial=7)
+        (vb,) = bank.check([b])
+        assert (vb.filter == "equivalent" and vb.reused_from == 7) == equivalent
+
+
+@pytest.mark.slow
+def test_ten_thousand_random_candidates_through_the_filters():
+    rng = random.Random(0)
+    g = Grammar(["add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid",
+                 "tanh", "min", "max", "pow", "where", "lt"], BOX.names, max_depth=6)
+    bank = FilterBank({"reg": "box"})
+    cands = [Candidate({"reg": g.tree(rng)}) for _ in range(10_000)]
+    verdicts = []
+    for i in range(0, len(cands), 500):
+        verdicts += bank.check(cands[i:i + 500])
+    assert len(verdicts) == 10_000
+    assert all(v.ok or v.reason for v in verdicts)
+    assert Counter(v.status for v in verdicts)["accepted"] > 0
+
+
+# -------------------------------------------------------------------------------- engine
+def run_search(tiny, tmp_path, **options):
+    search = Search.create(str(tiny), runs_dir=tmp_path / "runs", **options)
+    return search, search.run()
+
+
+@pytest.mark.parametrize("strategy", NAMES)
+def test_every_strategy_runs_and_records_trials(tiny, tmp_path, strategy):
+    search, summary = run_search(tiny, tmp_path, name=strategy, strategy=strategy, trials=10,
+                                 validate=False)
+    study = optuna.load_study(study_name="search", storage=storage(search.folder))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 10
+    for t in finished:
+        cand = t.user_attrs["candidate"]
+        assert cand["expr.reg"] and len(cand["hash.reg"]) == 16 and "latex" in cand
+        assert t.user_attrs["verdict"]["status"] in ("accepted", "rejected", "reused", "failed")
+        if t.user_attrs["verdict"]["status"] == "rejected":
+            assert t.user_attrs["verdict"]["reason"]
+    assert summary["strategy"] == strategy and summary["trials"] >= 10
+    assert sum(summary["verdicts"].values()) >= 10
+    if strategy == "nsga2":
+        assert len(study.directions) == 2
+    if strategy == "evolution":
+        origins = [t.user_attrs["candidate"]["origin"] for t in study.trials[:4]]
+        assert origins == ["seed:iou", "seed:giou", "seed:diou", "seed:ciou"]
+
+
+def test_search_validates_and_reports(tiny, tmp_path):
+    from autoloss.search.report import write_report
+
+    search, summary = run_search(tiny, tmp_path, name="full")
+    data = json.loads((search.folder / "summary.json").read_text())
+    assert data["validation"]["rows"] and data["validation"]["held_out"]
+    assert data["validation"]["rows"][-1]["label"].startswith("zoo seed:")
+    assert data["best"] and data["engine_overhead"]["ratio"] is not None
+    assert set(data["states"]) >= {"complete", "fail", "pruned"}
+    report = write_report(search.folder)
+    text = report.read_text()
+    for piece in ("## Validation", "## Rejections", "best_so_far.png", "loss_curves.png",
+                  "best_loss.py"):
+        assert piece in text
+    for png in ("best_so_far.png", "rejections.png", "pareto.png", "loss_curves.png"):
+        assert (search.folder / png).stat().st_size > 1000
+    from autoloss import export
+
+    module = export.load(search.folder / "best_loss.py")
+    pred, target = BOX.sample(5, torch.Generator().manual_seed(0))
+    assert module.SearchedLoss()(pred, target).shape == (5,)
+
+
+def test_resume_continues_and_keeps_finished_trials(tiny, tmp_path):
+    search, first = run_search(tiny, tmp_path, name="r", trials=6, validate=False)
+    again = Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r", resume=True,
+                          trials=10, validate=False)
+    summary = again.run()
+    study = optuna.load_study(study_name="search", storage=storage(search.folder))
+    assert summary["trials"] >= 10 and len(study.trials) >= 10
+    assert [t.user_attrs["candidate"]["key"] for t in study.trials[:6]] == \
+        [t.user_attrs["candidate"]["key"] for t in study.trials[:6]]
+    with pytest.raises(Exception, match="exists: pass --resume"):
+        Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_search_loses_nothing_and_resumes(tiny, tmp_path, sig):
+    cmd = [sys.executable, "-m", "autoloss.cli", "search", str(tiny), "--runs-dir",
+           str(tmp_path / "runs"), "--name", "k", "--trials", "40", "--no-validate",
+           "--no-report", "--quiet", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    db = tmp_path / "runs" / "k" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                st_ = optuna.load_study(study_name="search", storage=storage(db.parent))
+                if sum(t.state.is_finished() for t in st_.trials) >= 4:
+                    break
+            except Exception:  # noqa: BLE001 - the study is being created
+                continue
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    before = optuna.load_study(study_name="search", storage=storage(db.parent)).trials
+    finished = {t.number: t.user_attrs["candidate"]["key"] for t in before
+                if t.state.is_finished() and not t.user_attrs.get("interrupted")}
+    assert len(finished) >= 4
+    resume = subprocess.run(cmd[:4] + ["--resume"] + cmd[4:], capture_output=True, text=True,
+                            timeout=300)
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+    after = optuna.load_study(study_name="search", storage=storage(db.parent)).trials
+    for number, key in finished.items():  # nothing finished was lost or changed
+        assert after[number].user_attrs["candidate"]["key"] == key
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after)
+    done = [t for t in after if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(done) == 40
+    # an interrupted trial that had its candidate already is enqueued again and rerun
+    interrupted = [t for t in after if t.user_attrs.get("interrupted") and "candidate" in t.user_attrs]
+    retried = [t for t in after if t.system_attrs.get("failed_trial") is not None]
+    assert len(retried) == len(interrupted)
+
+
+def test_search_cli_and_export_run(tiny, tmp_path):
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "-m", "autoloss.cli", "search", str(tiny), "--runs-dir",
+                          str(runs), "--name", "cli", "--trials", "8", "--quiet"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "validation:" in out.stdout and "report:" in out.stdout
+    exp = subprocess.run([sys.executable, "-m", "autoloss.cli", "export", "cli", "--runs-dir",
+                          str(runs), "--trial", "1", "-o", str(tmp_path / "t1.py"), "--check"],
+                         capture_output=True, text=True, timeout=300)
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    assert (tmp_path / "t1.py").exists()
