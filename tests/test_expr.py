@@ -78,7 +78,11 @@ def _exprs():
 def test_round_trip_any_tree(node):
     # parse(print(.)) is the identity on parsed trees; an arbitrary tree may hold -(literal),
     # which reads back as a negative literal: the same function
-    parsed = p(E.to_infix(node))
+    try:
+        parsed = p(E.to_infix(node))
+    except ExpressionError as err:  # only constant overflow (3 ** 3 ** 3) may be refused
+        assert "constant subexpression" in str(err)
+        return
     assert p(E.to_infix(parsed)) == parsed
     assert canon.canonical(parsed) == canon.canonical(node)
 
