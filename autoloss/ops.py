@@ -3,7 +3,7 @@
 An entry holds, in one place, everything any part of autoloss needs to know about a
 primitive: its arity and infix spelling (parser and printer), its torch form (compiler,
 exporter, population evaluator), its scalar form (compile-time constants), its guarded
-search-mode form, its domain, its vector-Jacobian product as an expression (the fused
+search-mode form (a total expression replacing a partial op), its vector-Jacobian product as an expression (the fused
 closed-form gradient), its sympy form (simplify, LaTeX, symbolic gradient) and the
 sampling ranges the registry test uses to check torch against sympy.
 
@@ -41,7 +41,6 @@ class Op:
     doc: str
     math: Optional[str] = None  # Python-float form, for parameter-only subexpressions
     guard: Optional[Callable] = None  # search mode: args -> guarded expression, finite
-    domain: Optional[str] = None  # torch source of a bool mask: where the op is defined
     infix: Optional[str] = None  # binary operator spelling, e.g. "+"
     precedence: int = 6
     commutative: bool = False
@@ -298,11 +297,10 @@ _register(Op("sub", 2, "({0} - {1})", lambda s, a, b: a - b, _g_sub, "a - b",
 _register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
              math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul"))
 _register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
-             math="({0} / {1})", infix="/", precedence=3, domain="({1} != 0)",
+             math="({0} / {1})", infix="/", precedence=3,
              guard=lambda a, b: _e().div(a, _away_from_zero(b)), sample=(_ANY, _POS), out="div"))
 _register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
-             math="({0} ** {1})", infix="**", precedence=5,
-             domain="(({0} > 0) | (({1}) == torch.round({1})))", guard=_guard_pow,
+             math="({0} ** {1})", infix="**", precedence=5, guard=_guard_pow,
              sample=(_POS, (-2.0, 3.0)), out="pow"))
 _register(Op("neg", 1, "(-{0})", lambda s, a: -a, _g_neg, "-a",
              math="(-{0})", precedence=4, sample=(_ANY,), out="neg"))
@@ -312,14 +310,14 @@ _register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a"
              math="math.exp({0})", guard=lambda a: _clamped("exp", a, -_INF, EXP_MAX),
              sample=(_ANY,), out="exp"))
 _register(Op("log", 1, "torch.log({0})", lambda s, a: s.log(a), _g_log, "natural logarithm",
-             math="math.log({0})", domain="({0} > 0)",
+             math="math.log({0})",
              guard=lambda a: _clamped("log", a, TINY, _INF), sample=(_POS,), out="log"))
 _register(Op("log1p", 1, "torch.log1p({0})", lambda s, a: s.log(1 + a), _g_log1p,
              "log(1 + a), accurate for small a",
-             math="math.log1p({0})", domain="({0} > -1)",
+             math="math.log1p({0})",
              guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),), out="log1p"))
 _register(Op("sqrt", 1, "torch.sqrt({0})", lambda s, a: s.sqrt(a), _g_sqrt, "square root",
-             math="math.sqrt({0})", domain="({0} >= 0)",
+             math="math.sqrt({0})",
              guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,), out="sqrt"))
 _register(Op("abs", 1, "torch.abs({0})", lambda s, a: s.Abs(a), _g_abs, "absolute value",
              math="abs({0})", sample=(_ANY,), out="abs"))
@@ -342,7 +340,7 @@ _register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,
 _register(Op("atan", 1, "torch.atan({0})", lambda s, a: s.atan(a), _g_atan, "arc tangent",
              math="math.atan({0})", sample=(_ANY,), out="atan"))
 _register(Op("asin", 1, "torch.asin({0})", lambda s, a: s.asin(a), _g_asin, "arc sine",
-             math="math.asin({0})", domain="({0}.abs() <= 1)",
+             math="math.asin({0})",
              guard=lambda a: _clamped("asin", a, -1.0 + 1e-6, 1.0 - 1e-6),
              sample=((-0.9, 0.9),), out="asin"))
 _register(Op("sin", 1, "torch.sin({0})", lambda s, a: s.sin(a), _g_sin, "sine",

@@ -16,7 +16,7 @@ import sympy
 from . import expr as E
 from . import ops
 from .errors import ExpressionError
-from .expr import Call, Const, Expr, Param, Var
+from .expr import Const, Expr, Param, Var
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - printed name

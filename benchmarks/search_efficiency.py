@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from autoloss.search import Search, load
-from autoloss.search.engine import proxy_options
 from autoloss.evaluate import evaluate
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -28,7 +27,6 @@ STRATEGIES = ("random", "tpe", "evolution", "evolution-scratch")
 
 
 def zoo_reference(space) -> tuple[str, float]:
-    from autoloss import catalog
 
     best = None
     for loss_id in space.slots["reg"].seeds:

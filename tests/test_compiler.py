@@ -10,7 +10,6 @@ import torch
 
 from autoloss import compiler, zoo
 from autoloss import expr as E
-from autoloss.autodiff import inline
 from autoloss.compiler import CompiledLoss, compile_loss
 from autoloss.errors import ExpressionError
 from autoloss.parse import parse

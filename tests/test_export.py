@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +163,25 @@ def test_export_cli(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "autoloss.cli", "export", "--expr", "1 - iou"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "--signature" in missing.stderr
+
+
+def test_joint_search_exports_one_module_with_a_class_per_slot(tmp_path):
+    losses = {"cls": zoo.compiled("focal"), "reg": zoo.compiled("giou")}
+    names = {"cls": "SearchedClsLoss", "reg": "SearchedRegLoss"}
+    source = export.to_source_joint(losses, names, {"cls": {"gamma": 1.5}, "reg": {}},
+                                    {"cls": 1.0, "reg": 2.0}, {"assigner": "center_sampling"},
+                                    export.Provenance(source="test", run="r", trial=3))
+    path = tmp_path / "joint.py"
+    path.write_text(source)
+    module = export.load(path)
+    assert module.WEIGHTS == {"cls": 1.0, "reg": 2.0}
+    assert module.CHOICES == {"assigner": "center_sampling"}
+    x, t = sample("sigmoid", 10, 0)
+    p, g = sample("box", 10, 0)
+    torch.testing.assert_close(module.SearchedClsLoss()(x, t), zoo.build("focal", gamma=1.5)(x, t))
+    torch.testing.assert_close(module.searched_reg_loss(p, g), zoo.build("giou")(p, g))
+    torch.jit.script(module.SearchedClsLoss())
+    torch.jit.script(module.SearchedRegLoss())
+    with pytest.raises(AutolossError):
+        export.to_source_joint(losses, names, {}, {"cls": 1.0}, {"x": "a'); import os; ('"},
+                               export.Provenance())

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pytest
@@ -17,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoloss import catalog, zoo
+from autoloss import catalog
 from autoloss import expr as E
 from autoloss.search import Search, space as spaces
 from autoloss.search.candidate import Candidate

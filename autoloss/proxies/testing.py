@@ -14,7 +14,6 @@ import math
 from typing import Optional
 
 import pytest
-import torch
 
 from ..evaluate import resolve_loss
 from ..signatures import SIGNATURES
@@ -92,7 +91,3 @@ class ProxyContract:
             proxy.run(losses, budget=1)
         with pytest.raises(Exception, match="missing"):
             proxy.run({}, budget=1)
-
-
-def run_threads(n: int = 1) -> None:
-    torch.set_num_threads(n)

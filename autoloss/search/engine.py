@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 import threading
 import time
 import warnings
@@ -26,7 +25,6 @@ import torch
 from optuna.trial import TrialState
 
 from .. import proxies
-from ..errors import AutolossError
 from ..evaluate import evaluate
 from ..proxies.base import CandidateFailure, Pruned
 from . import runs, strategies

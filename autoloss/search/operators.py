@@ -78,10 +78,6 @@ def _pick_kind(rng: random.Random) -> str:
     return MUTATIONS[-1][0]
 
 
-def _positions(prefix) -> list[int]:
-    return list(range(len(prefix)))
-
-
 def _replace(prefix, i, new: Expr) -> Expr:
     end = E.subtree_end(prefix, i)
     return E.from_prefix(list(prefix[:i]) + E.to_prefix(new) + list(prefix[end:]))

@@ -11,7 +11,6 @@ Plots (PNG, next to report.md):
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -45,10 +44,9 @@ def _plt():
     return plt
 
 
-def write_report(folder: Path, export_loss: bool = True, export: bool = True) -> Path:
+def write_report(folder: Path, export: bool = True) -> Path:
     from optuna.trial import TrialState
 
-    from .candidate import Candidate
     from .engine import Search
 
     config, space, study = _load(folder)
@@ -273,7 +271,7 @@ def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
     fig, axes = plt.subplots(2, len(slots), figsize=(6 * len(slots), 7), squeeze=False)
     for col, slot in enumerate(slots):
         sig = space.slots[slot].signature
-        inputs, axis = _curve_inputs(sig)
+        inputs, _ = _curve_inputs(sig)
         labels = [("discovered", best.slots[slot])]
         names = []
         for origin in zoo_origins:

@@ -213,15 +213,17 @@ class Evolution(Strategy):
             self.name = "evolution-scratch"
 
     def initial(self, trial, history, rng) -> Optional[Candidate]:
-        """Seeds (or random trees) until the first population is complete."""
-        if len(history) >= self.space.population:
-            return None
+        """Zoo seeds (or random trees) first; evolution starts once the seeds are used up
+        (from the zoo) or a quarter of the population has been evaluated (from scratch:
+        most random trees are rejected, so waiting for a full population of them would
+        keep the search random for a long time)."""
         if self.from_zoo:
             seeded = self.seed_candidate(trial.number, rng)
             if seeded is not None:
                 return seeded
-            if history:  # more room than seeds: mutations of the seeds
-                return self.child(rng, rng.choice(list(history)), None)
+            return None if history else self.random_candidate(rng, "random")
+        if len(history) >= max(self.space.tournament, self.space.population // 4):
+            return None
         return self.random_candidate(rng, "random")
 
     def propose(self, trial, history):
