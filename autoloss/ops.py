@@ -262,6 +262,13 @@ def _clamped(op, a, lo, hi):
     return E.call(op, E.call("clamp", a, E.const(lo), E.const(hi)))
 
 
+def _safe_div(a, b):
+    """a * b / (b * b + TINY^2): a / b wherever |b| >> TINY, finite everywhere, and four cheap
+    arithmetic ops (no comparisons or selects)."""
+    E = _e()
+    return E.div(E.mul(a, b), E.add(E.mul(b, b), E.const(TINY * TINY)))
+
+
 def _away_from_zero(b):
     E = _e()
     tiny = E.const(TINY)
@@ -298,7 +305,7 @@ _register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
              math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul"))
 _register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
              math="({0} / {1})", infix="/", precedence=3,
-             guard=lambda a, b: _e().div(a, _away_from_zero(b)), sample=(_ANY, _POS), out="div"))
+             guard=lambda a, b: _safe_div(a, b), sample=(_ANY, _POS), out="div"))
 _register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
              math="({0} ** {1})", infix="**", precedence=5, guard=_guard_pow,
              sample=(_POS, (-2.0, 3.0)), out="pow"))

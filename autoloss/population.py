@@ -44,7 +44,8 @@ class Result:
     grads: Optional[dict[str, torch.Tensor]] = None
 
 
-def bind(expression: Expr, values: Optional[Mapping[str, float]] = None) -> Expr:
+def bind(expression: Expr, values: Optional[Mapping[str, float]] = None,
+         memo: Optional[dict] = None) -> Expr:
     """Replace parameters by constants (their defaults unless ``values`` names them)."""
     values = dict(values or {})
 
@@ -53,7 +54,7 @@ def bind(expression: Expr, values: Optional[Mapping[str, float]] = None) -> Expr
             return Const(values.get(node.name, node.default))
         return node.rebuild(ch)
 
-    return E.transform(expression, fn)
+    return E.transform(expression, fn, memo)
 
 
 class PopulationEvaluator:
@@ -84,6 +85,8 @@ class PopulationEvaluator:
         self.dtype, self.device = ref.dtype, ref.device
         self._consts: dict[float, torch.Tensor] = {}
         self.pipeline = Pipeline(sig, mode, bind=self.sig_params)
+        self._checked: set[Expr] = set()
+        self._bound: dict[tuple, dict] = {}
         # terminals are kept for the lifetime of the evaluator: computed once per batch
         self.terminal_nodes: set[Expr] = set(self.pipeline.table.values())
         self.cache: dict[Expr, torch.Tensor] = dict(self.columns)
@@ -92,10 +95,13 @@ class PopulationEvaluator:
     # -- building the DAG ------------------------------------------------------------------
     def graph(self, expression: Expr, params: Optional[Mapping[str, float]] = None) -> Expr:
         """The evaluable DAG of one candidate (parameters bound, terminals inlined)."""
-        check_names(expression, self.signature)
+        if expression not in self._checked:
+            check_names(expression, self.signature)
+            self._checked.add(expression)
         values = dict(self.sig_params)
         values.update(params or {})
-        return self.pipeline.graph(bind(expression, values))
+        memo = self._bound.setdefault(tuple(sorted(values.items())), {})
+        return self.pipeline.graph(bind(expression, values, memo))
 
     # -- evaluation --------------------------------------------------------------------------
     def graphs(self, expressions: Sequence[Expr],
@@ -180,6 +186,7 @@ class PopulationEvaluator:
         shape = self.prep.columns[0].shape
         live: dict[Expr, torch.Tensor | Failure] = {}
         owned: set[Expr] = set()  # nodes holding a private full-size buffer
+        pool: list[torch.Tensor] = []  # buffers of dead nodes, reused (fewer allocations)
         results: dict[Expr, torch.Tensor | Failure] = {}
         for node in order:
             if node in self.cache:
@@ -194,9 +201,12 @@ class PopulationEvaluator:
                     value = fail
                 else:
                     donor = self._donor(node, owned, remaining, wanted)
-                    value = self._apply(node, args, live.get(donor))
                     if donor is not None:
+                        buffer = live.get(donor)
                         owned.discard(donor)
+                    else:  # a recycled, still cache-warm buffer of a dead node
+                        buffer = pool.pop() if pool and self._writes_out(node) else None
+                    value = self._apply(node, args, buffer)
                 self.nodes_evaluated += 1
                 if isinstance(value, torch.Tensor):
                     if node.op == "stop_grad":  # an alias of its argument: nobody owns it
@@ -213,13 +223,21 @@ class PopulationEvaluator:
             for child in node.children:
                 remaining[child] -= 1
                 if remaining[child] == 0:
-                    live.pop(child, None)
-                    owned.discard(child)
+                    dead = live.pop(child, None)
+                    if child in owned:
+                        owned.discard(child)
+                        if child not in wanted and isinstance(dead, torch.Tensor):
+                            pool.append(dead)
         return results
 
     @staticmethod
-    def _donor(node: Call, owned, remaining, wanted) -> Optional[Expr]:
-        if ops.REGISTRY[node.op].out is None:
+    def _writes_out(node: Call) -> bool:
+        return (ops.REGISTRY[node.op].out is not None or node.op == "where"
+                or node.op in ops.BOOL_OPS)
+
+    @classmethod
+    def _donor(cls, node: Call, owned, remaining, wanted) -> Optional[Expr]:
+        if not cls._writes_out(node):
             return None
         for child in node.args:
             if (child in owned and child not in wanted
@@ -231,16 +249,18 @@ class PopulationEvaluator:
                out: Optional[torch.Tensor] = None) -> torch.Tensor | Failure:
         op = node.op
         try:
-            if out is not None:
+            if op == "where":
+                value = torch.where(args[0] != 0, args[1], args[2], out=out) if out is not None \
+                    else torch.where(args[0] != 0, args[1], args[2])
+            elif op in ops.BOOL_OPS:
+                mask = ops.REGISTRY[op].fn(*args)
+                value = out.copy_(mask) if out is not None else mask.to(self.dtype)
+            elif out is not None:
                 value = getattr(torch, ops.REGISTRY[op].out)(*args, out=out)
-            elif op == "where":
-                value = torch.where(args[0] != 0, args[1], args[2])
             elif op == "stop_grad":
                 value = args[0]
             else:
                 value = ops.REGISTRY[op].fn(*args)
-                if op in ops.BOOL_OPS:
-                    value = value.to(self.dtype)
         except RuntimeError as err:
             return Failure(f"{op}() failed: {err}")
         return value

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference  # noqa: E402  (the independent hand-written losses)
 
-from autoloss import catalog, generate, zoo  # noqa: E402
+from autoloss import catalog, zoo  # noqa: E402
+from autoloss.search.operators import Grammar  # noqa: E402
 from autoloss.compiler import CompiledLoss  # noqa: E402
 from autoloss.population import PopulationEvaluator  # noqa: E402
 from autoloss.signatures import BOX, SIGMOID  # noqa: E402
@@ -123,45 +124,63 @@ def exported(sizes, repeats):
     print()
 
 
-def candidates(n: int, seed: int = 0):
+def candidates(n: int, kind: str = "evolved", seed: int = 0):
+    """256 related candidates, two ways:
+
+    * ``evolved``: as the search produces them: children of the zoo box losses made by the
+      search's own operators (mutation, crossover) from random earlier members;
+    * ``grafted``: a zoo box loss plus or times a small random tree (the seed is shared).
+    """
+    from autoloss.expr import Call
+    from autoloss.search import load
+    from autoloss.search.operators import crossover, mutate
+
     rng = random.Random(seed)
+    grammar = Grammar.of(load("box-regression").slots["reg"])
     seeds = [s.expression for s in catalog.of_signature("box")]
-    return generate.population(rng, n, BOX.names, seeds=seeds, max_depth=3)
+    if kind == "grafted":
+        small = Grammar(grammar.primitives, grammar.terminals, max_depth=3)
+        return [Call(rng.choice(("add", "mul")), (seeds[i % len(seeds)], small.tree(rng)))
+                for i in range(n)]
+    pool, out = list(seeds), []
+    while len(out) < n:
+        child = rng.choice(pool)
+        if rng.random() < 0.3:
+            child = crossover(rng, child, rng.choice(pool), grammar)
+        child, _ = mutate(rng, child, grammar)
+        pool.append(child)
+        out.append(child)
+    return out
 
 
 def population_bench(n_candidates: int, n_rows: int, repeats: int):
     print(f"population: {n_candidates} candidates on one batch of {n_rows} box pairs, float32")
     g = torch.Generator().manual_seed(1)
     pred, target = BOX.sample(n_rows, g, dtype=torch.float32)
-    exprs = candidates(n_candidates)
-    start = time.perf_counter()
-    compiled = [CompiledLoss(e, BOX, name=f"c{i}", mode="search") for i, e in enumerate(exprs)]
-    for c in compiled:
-        c.function([False] * 8)
-    compile_s = time.perf_counter() - start
-
-    def one_by_one():
+    for kind in ("grafted", "evolved"):
+        exprs = candidates(n_candidates, kind)
+        start = time.perf_counter()
+        compiled = [CompiledLoss(e, BOX, name=f"c{i}", mode="search") for i, e in enumerate(exprs)]
         for c in compiled:
-            c(pred, target)
+            c.function([False] * 8)
+        compile_s = time.perf_counter() - start
 
-    def together():
-        PopulationEvaluator(BOX, (pred, target), mode="search").values(exprs)
+        def one_by_one():
+            for c in compiled:
+                c(pred, target)
 
-    def one_by_one_grad():
-        for c in compiled:
-            x = pred.detach().requires_grad_(True)
-            c(x, target).sum().backward()
+        def interpreter_one_by_one():  # no sharing: a fresh evaluator (terminals) per candidate
+            for e in exprs:
+                PopulationEvaluator(BOX, (pred, target), mode="search").values([e])
 
-    def together_grad():
-        PopulationEvaluator(BOX, (pred, target), mode="search").evaluate(exprs, grad=True)
+        def together():
+            PopulationEvaluator(BOX, (pred, target), mode="search").values(exprs)
 
-    a, b = paired([one_by_one, together], repeats, warmup=1)
-    print(f"  values:    one by one {a * 1e3:8.1f} ms (after {compile_s:.1f} s of compiling), "
-          f"population {b * 1e3:8.1f} ms -> {a / b:.1f}x faster")
-    a2, b2 = paired([one_by_one_grad, together_grad], repeats, warmup=1)
-    print(f"  gradients: one by one {a2 * 1e3:8.1f} ms, population {b2 * 1e3:8.1f} ms "
-          f"-> {a2 / b2:.1f}x faster\n")
-    return a / b, a2 / b2
+        a, a2, b = paired([one_by_one, interpreter_one_by_one, together], repeats, warmup=1)
+        print(f"  {kind:8s} values: compiled one by one {a * 1e3:7.1f} ms (plus {compile_s:.1f} s "
+              f"of compiling), evaluator one by one {a2 * 1e3:7.1f} ms, population "
+              f"{b * 1e3:7.1f} ms -> {a / b:.1f}x / {a2 / b:.1f}x faster")
+    print()
 
 
 def main():
