@@ -32,8 +32,12 @@ class Candidate:
     def complexity(self) -> int:
         return sum(E.size(e) for e in self.slots.values())
 
-    def formula(self) -> str:
-        text = "; ".join(f"{s}: {E.to_infix(e)}" for s, e in self.slots.items())
+    def formula(self, simplified: bool = True) -> str:
+        """The candidate as text; ``simplified``: constants folded and terms collected (the
+        canonical form, printed with -, /), which reads better than a raw mutated tree."""
+        show = (lambda e: E.to_infix(canon.lower(canon.canonical(e)))) if simplified \
+            else E.to_infix
+        text = "; ".join(f"{s}: {show(e)}" for s, e in self.slots.items())
         if self.choices:
             text += "; " + ", ".join(f"{k}={v}" for k, v in self.choices.items())
         return text
@@ -49,6 +53,7 @@ class Candidate:
         out: dict[str, Any] = {"origin": self.origin, "parents": list(self.parents),
                                "choices": self.choices, "key": self.key,
                                "complexity": self.complexity}
+        out["formula"] = self.formula()
         for slot, e in self.slots.items():
             out[f"expr.{slot}"] = E.to_infix(e)
             out[f"hash.{slot}"] = canon.canonical_hash(e)

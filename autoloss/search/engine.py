@@ -338,6 +338,7 @@ class Search:
             cand = self.candidate_of(t)
             best.append({"trial": t.number, "values": list(t.values),
                          "expression": {s: a for s, a in _exprs(t).items()},
+                         "simplified": cand.formula() if cand else "",
                          "latex": t.user_attrs["candidate"].get("latex", {}),
                          "choices": cand.choices if cand else {},
                          "origin": cand.origin if cand else "",

@@ -20,6 +20,7 @@ from .. import catalog, export
 from .. import expr as E
 from ..errors import AutolossError
 from ..proxies.geometry import aligned_iou
+from .candidate import Candidate
 from .runs import read_json
 from .space import parse_space
 
@@ -146,7 +147,8 @@ def write_report(folder: Path, export: bool = True) -> Path:
     lines += ["## Best candidates", "", "| trial | " + space.metric + " | formula | origin |",
               "| --- | --- | --- | --- |"]
     for b in summary.get("best", []):
-        formula = "; ".join(f"{k}: `{v}`" for k, v in b["expression"].items())
+        formula = f"`{b['simplified']}`" if b.get("simplified") else "; ".join(
+            f"{k}: `{v}`" for k, v in b["expression"].items())
         lines.append(f"| {b['trial']} | {b['values'][0]:.5g} | {formula} | {b['origin']} |")
     val = summary.get("validation")
     if val:
@@ -179,7 +181,8 @@ def write_report(folder: Path, export: bool = True) -> Path:
     if best is not None:
         lines += ["## The best loss", "", f"Trial {best_trial.number}:", ""]
         for slot, e in best.slots.items():
-            lines += [f"- `{slot}`: `{E.to_infix(e)}`",
+            lines += [f"- `{slot}`: `{E.to_infix(e)}` (as searched; simplified "
+                      f"`{Candidate({slot: e}).formula()}`)",
                       f"  - LaTeX: ${best_trial.user_attrs['candidate'].get('latex', {}).get(slot, '')}$"]
         if best.choices:
             lines.append(f"- choices: {best.choices}")
@@ -363,7 +366,7 @@ def print_summary(summary: dict, console) -> None:
     if ov.get("ratio") is not None:
         console.print(f"engine overhead: {ov['ratio'] * 100:.1f}% of the proxy time")
     for b in summary.get("best", [])[:3]:
-        formula = "; ".join(f"{k}: {e}" for k, e in b["expression"].items())
+        formula = b.get("simplified") or "; ".join(f"{k}: {e}" for k, e in b["expression"].items())
         console.print(f"  trial {b['trial']}: {b['values'][0]:.5g}  {formula}", markup=False)
     val = summary.get("validation")
     if val:
