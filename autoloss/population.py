@@ -204,8 +204,11 @@ class PopulationEvaluator:
                     if donor is not None:
                         buffer = live.get(donor)
                         owned.discard(donor)
-                    else:  # a recycled, still cache-warm buffer of a dead node
-                        buffer = pool.pop() if pool and self._writes_out(node) else None
+                    elif pool and self._writes_out(node) and any(
+                            a.shape == shape for a in args):  # a full-size result only
+                        buffer = pool.pop()  # a recycled, still cache-warm buffer
+                    else:
+                        buffer = None
                     value = self._apply(node, args, buffer)
                 self.nodes_evaluated += 1
                 if isinstance(value, torch.Tensor):
