@@ -122,8 +122,9 @@ def eiou(pred, target):
 
 
 def focal_eiou(pred, target, gamma=0.5):
+    # IoU^gamma as a detached re-weighting of EIoU
     loss, iou_ = _eiou(pred, target)
-    return iou_.clamp(min=EPS) ** gamma * loss
+    return iou_.clamp(min=EPS).detach() ** gamma * loss
 
 
 def eiou_ext(pred, target, smooth_point=0.1, eps=EPS):
