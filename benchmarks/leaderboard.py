@@ -5,8 +5,11 @@ budget; the table ranks them by mean metric. Fidelity is Kendall's tau between t
 at the default budget and at 4x the budget (on all entries, or a subset for the detector):
 a proxy whose ranking flips with a longer budget would mislead a search.
 
-    python benchmarks/leaderboard.py                       # everything (about an hour)
+    python benchmarks/leaderboard.py --jobs 2              # everything (about an hour)
     python benchmarks/leaderboard.py --proxies boxsim --seeds 1 --quick
+
+Results are cached per entry in benchmarks/results/leaderboard_cache.json, so a rerun only
+computes what is missing (delete an entry, or the file, to recompute).
 
 Writes benchmarks/results/leaderboard.md, .json and .png (git-ignored) and prints the
 markdown. One torch thread per run.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -48,19 +52,18 @@ def entries(proxy: str):
         for r in box + coord:
             if r != "giou":
                 out.append((f"focal + {r}", {"cls": "focal", "reg": r}, {}))
+        out.append(("bce + l1", {"cls": "bce", "reg": "l1"}, {}))  # the issue's weak baseline
         return out
     raise KeyError(proxy)
 
 
-FIDELITY_SUBSET = {  # the detector's 4x-budget runs are long: a spread of combinations
-    "digits": ["bce + giou", "focal + giou", "qfl + giou", "vfl + giou", "focal + l1",
-               "focal + smooth_l1", "focal + iou", "focal + diou", "focal + ciou", "focal + siou"],
-}
+CACHE = OUT / "leaderboard_cache.json"
 DEFAULTS = {"boxsim": {"scale": 0.1}, "clssim": {}, "clssim_quality": {}, "digits": {}}
 
 
 def run(proxy, label, losses, options, seeds, budget=None):
     start = time.perf_counter()
+    torch.set_num_threads(1)
     try:
         res = evaluate(proxy, losses, seeds=seeds, budget=budget, threads=1, options=options,
                        **DEFAULTS[proxy])
@@ -71,6 +74,38 @@ def run(proxy, label, losses, options, seeds, budget=None):
         return {"label": label, "failed": err.reason, "seconds": time.perf_counter() - start}
 
 
+def _key(proxy, label, options, seeds, budget) -> str:
+    return json.dumps([proxy, label, options, seeds, budget], sort_keys=True)
+
+
+def run_all(jobs: list[tuple], n_jobs: int) -> list[dict]:
+    """Run (proxy, label, losses, options, seeds, budget) entries, cached, in parallel."""
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    todo = [j for j in jobs if _key(j[0], j[1], j[3], j[4], j[5]) not in cache]
+    if todo:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(n_jobs) as pool:
+            for job, result in zip(todo, pool.imap(_run_job, todo)):
+                cache[_key(job[0], job[1], job[3], job[4], job[5])] = result
+                CACHE.write_text(json.dumps(cache, indent=1))
+                r = result
+                tag = f" at budget {job[5]}"
+                print(f"{job[0]:8s} {job[1]:28s}{tag} " + (
+                    f"{r['mean']:.4f} ± {r['std']:.4f}" if "mean" in r
+                    else f"failed: {r['failed']}") + f"  ({r['seconds']:.0f} s)", flush=True)
+    return [cache[_key(j[0], j[1], j[3], j[4], j[5])] for j in jobs]
+
+
+def _run_job(job):
+    proxy, label, losses, options, seeds, budget = job
+    return run(proxy, label, losses, options, seeds, budget)
+
+
+def _short(reason: str) -> str:
+    return reason.split(":")[0]
+
+
 def kendall(a: dict, b: dict) -> float:
     from scipy.stats import kendalltau
 
@@ -79,62 +114,69 @@ def kendall(a: dict, b: dict) -> float:
     return float(tau)
 
 
+def seed_tau(rows: list[dict]) -> float:
+    """Mean Kendall tau between the rankings two single seeds give: the noise ceiling that
+    a fidelity tau measured with one seed at 4x the budget should be read against."""
+    n = min(len(r["values"]) for r in rows)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if len(rows) < 2 or not pairs:
+        return float("nan")
+    return statistics.fmean(
+        kendall({r["label"]: r["values"][i] for r in rows}, {r["label"]: r["values"][j] for r in rows})
+        for i, j in pairs)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxies", default="boxsim,clssim,digits")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fidelity-seeds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="first 4 entries per proxy")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(exist_ok=True)
     report = {"date": str(date.today()), "machine": f"{platform.machine()}, "
-              f"{torch.get_num_threads()} torch thread, {platform.processor() or 'cpu'}",
+              f"{torch.get_num_threads()} torch thread per run, {os.cpu_count()} cores",
               "proxies": {}}
     md = [f"Leaderboard measured {report['date']} ({report['machine']}); mean ± std over "
-          f"{args.seeds} seeds at the default budget; tau: Kendall's tau of the ranking at the "
-          "default budget vs 4x the budget.", ""]
+          f"{args.seeds} seeds at the default budget; tau: Kendall's tau between the rankings "
+          f"at the default budget and at 4x the budget ({args.fidelity_seeds} seed(s)); "
+          "seed-to-seed tau: the mean tau between the rankings of two single seeds.", ""]
+    from autoloss import proxies as P
+
     for proxy in args.proxies.split(","):
         items = entries(proxy)[: 4 if args.quick else None]
-        rows = []
-        for label, losses, options in items:
-            rows.append(run(proxy, label, losses, options, args.seeds))
-            r = rows[-1]
-            print(f"{proxy:8s} {label:28s} " + (f"{r['mean']:.4f} ± {r['std']:.4f}" if "mean" in r
-                                                else f"failed: {r['failed']}")
-                  + f"  ({r['seconds']:.0f} s)", flush=True)
+        budget = P.get(proxy).default_budget
+        budget4 = 4 * budget
+        jobs = [(proxy, label, losses, options, args.seeds, budget)
+                for label, losses, options in items]
+        jobs += [(proxy, label, losses, options, args.fidelity_seeds, budget4)
+                 for label, losses, options in items]
+        results = run_all(jobs, args.jobs)
+        rows, longs = results[:len(items)], results[len(items):]
         ok = [r for r in rows if "mean" in r]
         if not ok:
             continue
         direction = ok[0]["direction"]
         ok.sort(key=lambda r: r["mean"], reverse=direction == "maximize")
-        subset = FIDELITY_SUBSET.get(proxy)
-        long = {}
-        from autoloss import proxies as P
-
-        default_budget = P.get(proxy).default_budget
-        for label, losses, options in items:
-            if subset and label not in subset:
-                continue
-            r = run(proxy, label, losses, options, args.fidelity_seeds, budget=4 * default_budget)
-            if "mean" in r:
-                long[label] = r["mean"]
-                print(f"{proxy:8s} {label:28s} 4x budget: {r['mean']:.4f}  ({r['seconds']:.0f} s)",
-                      flush=True)
+        long = {r["label"]: r["mean"] for r in longs if "mean" in r}
         short = {r["label"]: r["mean"] for r in ok}
         tau = kendall(short, long) if len(long) > 1 else float("nan")
+        noise = seed_tau(ok)
         seconds = statistics.fmean(r["seconds"] / args.seeds for r in ok)
         report["proxies"][proxy] = {"rows": rows, "long": long, "tau": tau,
-                                    "seconds_per_run": seconds}
+                                    "seed_tau": noise, "seconds_per_run": seconds}
         md += [f"### {proxy} ({ok[0]['metric']}, {'higher' if direction == 'maximize' else 'lower'}"
                f" is better; {seconds:.1f} s per run; fidelity tau = {tau:.2f} on {len(long)} "
-               "entries)", "", "| rank | loss | mean ± std | at 4x budget |", "| --- | --- | --- | --- |"]
+               f"entries; seed-to-seed tau at the default budget = {noise:.2f})", "",
+               "| rank | loss | mean ± std | at 4x budget |", "| --- | --- | --- | --- |"]
         for i, r in enumerate(ok, 1):
             at4 = f"{long[r['label']]:.4f}" if r["label"] in long else ""
             md.append(f"| {i} | {r['label']} | {r['mean']:.4f} ± {r['std']:.4f} | {at4} |")
         for r in rows:
             if "failed" in r:
-                md.append(f"| - | {r['label']} | failed: {r['failed']} | |")
+                md.append(f"| - | {r['label']} | failed: {_short(r['failed'])} | |")
         md.append("")
     text = "\n".join(md)
     (OUT / "leaderboard.md").write_text(text)
