@@ -205,8 +205,9 @@ def test_every_strategy_runs_and_records_trials(tiny, tmp_path, strategy):
     assert len(finished) >= 10
     for t in finished:
         cand = t.user_attrs["candidate"]
-        assert cand["expr.reg"] and len(cand["hash.reg"]) == 16 and "latex" in cand
+        assert cand["expr.reg"] and len(cand["hash.reg"]) == 16
         assert t.user_attrs["verdict"]["status"] in ("accepted", "rejected", "reused", "failed")
+        assert ("latex" in t.user_attrs["result"]) == (t.state == optuna.trial.TrialState.COMPLETE)
         if t.user_attrs["verdict"]["status"] == "rejected":
             assert t.user_attrs["verdict"]["reason"]
     assert summary["strategy"] == strategy and summary["trials"] >= 10
@@ -306,3 +307,29 @@ def test_search_cli_and_export_run(tiny, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert exp.returncode == 0, exp.stdout + exp.stderr
     assert (tmp_path / "t1.py").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_pruning_from_memory_decides_as_optuna_does(tmp_path):
+    from autoloss.search.engine import _PruningView
+
+    study = optuna.create_study(storage=storage(tmp_path), direction="minimize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    rng = random.Random(0)
+    for _ in range(6):
+        t = study.ask()
+        for step in range(1, 6):
+            t.report(rng.random(), step)
+        study.tell(t, rng.random())
+    decisions = Counter()
+    for _ in range(8):
+        trial = study.ask()
+        view = _PruningView(study, trial)
+        for step in range(1, 6):
+            value = rng.random()
+            trial.report(value, step)
+            ours, optunas = view.should_prune(step, value), trial.should_prune()
+            assert ours == optunas
+            decisions[ours] += 1
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert decisions[True] and decisions[False]  # both outcomes were compared

@@ -64,7 +64,7 @@ class BoxSim:
     gradient_scale_matters = True
     default_budget = 200
     default_scale = 0.1
-    report_every = 10
+    report_every = 40  # each report is a storage write and a pruning decision
 
     def run(self, losses: Mapping[str, Callable], budget: Optional[int] = None, seed: int = 0,
             report=None, scale: Optional[float] = None, dtype=torch.float32) -> Metrics:

@@ -9,7 +9,9 @@ killed search loses no finished trial and ``--resume`` continues where it stoppe
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import threading
@@ -209,6 +211,8 @@ class Search:
         with runs.Lock(self.folder):
             study = self.study()
             recovered = self.recover(study)
+            from .. import symbolic  # noqa: F401 - sympy's import is start-up, not per trial
+
             bank = FilterBank(self.signatures, seed=self.seed,
                               scale_matters=getattr(self.proxy, "gradient_scale_matters", True))
             self.replay(study, bank)
@@ -246,10 +250,8 @@ class Search:
         except KeyboardInterrupt:
             self.interrupt(study, trial._trial_id)
             raise
-        attrs = candidate.attrs()
-        attrs["latex"] = _latex(candidate)
-        trial.set_user_attr("candidate", attrs)
         verdict = bank.check([candidate])[0]
+        trial.set_user_attr("candidate", candidate.attrs())  # a killed trial reruns from it
         record = {"status": verdict.status, "filter": verdict.filter, "reason": verdict.reason,
                   "fingerprint": verdict.fingerprint}
         proxy_s = 0.0
@@ -258,7 +260,7 @@ class Search:
                                             and verdict.reused_from < 0):
             record["status"] = "rejected"
         elif verdict.status == "reused":
-            source = study.trials[verdict.reused_from]
+            source = study.get_trials(deepcopy=False)[verdict.reused_from]
             record["reused_from"] = verdict.reused_from
             if source.state == TrialState.COMPLETE:
                 state, values = TrialState.COMPLETE, list(source.values)
@@ -267,19 +269,22 @@ class Search:
                 record["reason"] += f" (which ended {source.state.name})"
         else:
             t_proxy = time.perf_counter()
+            reporting_s = 0.0
             try:
-                state, values, extra = self.evaluate(trial, candidate)
+                state, values, extra, reporting_s = self.evaluate(study, trial, candidate)
             except KeyboardInterrupt:
                 trial.set_user_attr("verdict", record)
                 self.interrupt(study, trial._trial_id)
                 raise
             except CandidateFailure as err:
                 record.update(status="failed", filter="proxy", reason=err.reason)
-            proxy_s = time.perf_counter() - t_proxy
-        engine_s = time.perf_counter() - t_start - proxy_s
-        trial.set_user_attr("verdict", record)
-        trial.set_user_attr("result", {"metrics": extra, "proxy_s": proxy_s,
-                                       "engine_s": engine_s})
+            proxy_s = time.perf_counter() - t_proxy - reporting_s
+        result = {"metrics": extra, "proxy_s": proxy_s}
+        if state == TrialState.COMPLETE:  # LaTeX (sympy, milliseconds) for the scored ones
+            result["latex"] = {slot: _latex(e) for slot, e in candidate.slots.items()}
+        result["engine_s"] = time.perf_counter() - t_start - proxy_s  # until here; the summary
+        trial.set_user_attr("verdict", record)                      # counts ask to tell
+        trial.set_user_attr("result", result)
         if state == TrialState.COMPLETE:
             study.tell(trial, values)
             bank.remember(candidate, verdict, trial.number)
@@ -290,17 +295,24 @@ class Search:
         if self.on_trial is not None:
             self.on_trial(self, frozen)
 
-    def evaluate(self, trial, candidate: Candidate):
-        """Run the proxy; returns (state, values, extra metrics)."""
+    def evaluate(self, study, trial, candidate: Candidate):
+        """Run the proxy; returns (state, values, extra metrics, seconds spent reporting)."""
         losses = {s: candidate.compiled(s, sig) for s, sig in self.signatures.items()}
         proxy = proxies.get(self.space.proxy, **proxy_options(self.space, candidate.choices))
         multi = self.space.complexity
 
+        view = None if multi else _PruningView(study, trial)
+        engine_s = 0.0  # reporting and pruning is engine time, not proxy time
+
         def report(step: int, value: float) -> None:
-            if multi or not math.isfinite(value):
+            nonlocal engine_s
+            if view is None or not math.isfinite(value):
                 return
+            start = time.perf_counter()
             trial.report(value, step)
-            if trial.should_prune():
+            prune = view.should_prune(step, value)
+            engine_s += time.perf_counter() - start
+            if prune:
                 raise Pruned(f"pruned at step {step}")
 
         beat = _Heartbeat(trial)
@@ -308,13 +320,13 @@ class Search:
             metrics = proxy.run(losses, budget=self.space.budget, seed=self.seed, report=report,
                                 scale=self.space.scale)
         except Pruned:
-            return TrialState.PRUNED, None, {}
+            return TrialState.PRUNED, None, {}, engine_s
         finally:
             beat.stop()
         values = [metrics.value] + ([float(candidate.complexity)] if multi else [])
         if not all(math.isfinite(v) for v in values):
             raise CandidateFailure(f"{metrics.metric} is {metrics.value}")
-        return TrialState.COMPLETE, values, metrics.as_dict()
+        return TrialState.COMPLETE, values, metrics.as_dict(), engine_s
 
     # -- summary and validation ----------------------------------------------------------
     def summarize(self, study, recovered: int = 0) -> dict:
@@ -328,10 +340,12 @@ class Search:
                 bucket = reasons.setdefault(v.get("filter", "?"), {})
                 text = _short(v.get("reason", ""))
                 bucket[text] = bucket.get(text, 0) + 1
-            r = t.user_attrs.get("result", {})
-            if r.get("proxy_s"):
+            r = t.user_attrs.get("result")
+            if r is not None and t.datetime_start and t.datetime_complete:
+                # everything from ask to tell that is not the proxy computing, storage included
+                wall = (t.datetime_complete - t.datetime_start).total_seconds()
                 proxy_s += r["proxy_s"]
-                engine_s += r.get("engine_s", 0.0)
+                engine_s += max(0.0, wall - r["proxy_s"])
         c = self.counts
         best = []
         for t in self.ranked(study)[:5]:
@@ -339,7 +353,7 @@ class Search:
             best.append({"trial": t.number, "values": list(t.values),
                          "expression": {s: a for s, a in _exprs(t).items()},
                          "simplified": cand.formula() if cand else "",
-                         "latex": t.user_attrs["candidate"].get("latex", {}),
+                         "latex": t.user_attrs.get("result", {}).get("latex", {}),
                          "choices": cand.choices if cand else {},
                          "origin": cand.origin if cand else "",
                          "metrics": t.user_attrs.get("result", {}).get("metrics", {})})
@@ -447,6 +461,38 @@ class Search:
         return row
 
 
+class _PruningView:
+    """The study's pruner, asked from memory.
+
+    ``trial.should_prune()`` reads every trial back from the SQLite storage at each report
+    (milliseconds, as long as a short proxy step). Within a trial the finished trials do not
+    change, so the view reads them once and hands the same pruner the same frozen trials,
+    with the running trial's intermediate values kept here; the decisions are the ones
+    ``should_prune()`` would make (tested). The reports still go to the storage.
+    """
+
+    def __init__(self, study, trial):
+        self.study = study
+        self.pruner = study.pruner
+        self.direction = study.direction
+        self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self.frozen = copy.copy(study._storage.get_trial(trial._trial_id))  # storage's stays
+        self._values: dict[int, float] = dict(self.frozen.intermediate_values)
+
+    def __getattr__(self, name):  # anything else a pruner asks of the study
+        return getattr(self.study, name)
+
+    def get_trials(self, deepcopy: bool = False, states=None):
+        if states is not None and tuple(states) != (TrialState.COMPLETE,):
+            return self.study.get_trials(deepcopy=deepcopy, states=states)
+        return self._completed
+
+    def should_prune(self, step: int, value: float) -> bool:
+        self._values[step] = value
+        self.frozen.intermediate_values = dict(self._values)
+        return self.pruner.prune(self, self.frozen)
+
+
 class _Heartbeat:
     """Records the trial's heartbeat while the proxy runs (stale trials are detectable)."""
 
@@ -475,16 +521,14 @@ class _Heartbeat:
             self.thread.join()
 
 
-def _latex(candidate: Candidate) -> dict[str, str]:
+@functools.lru_cache(maxsize=4096)
+def _latex(e) -> str:
     from ..symbolic import latex
 
-    out = {}
-    for slot, e in candidate.slots.items():
-        try:
-            out[slot] = latex(e)
-        except Exception:  # noqa: BLE001 - LaTeX is documentation: never fail a trial on it
-            out[slot] = ""
-    return out
+    try:
+        return latex(e)
+    except Exception:  # noqa: BLE001 - LaTeX is documentation: never fail a trial on it
+        return ""
 
 
 def _exprs(t) -> dict[str, str]:
