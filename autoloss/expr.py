@@ -322,8 +322,23 @@ def postorder(root: Expr, stop: Optional[Mapping[Expr, object]] = None) -> list[
 
     Nodes in ``stop`` are listed but not descended into (their subtree is known).
     """
+    order: list[Expr] = []
+    _walk(root, set(), order, stop)
+    return order
+
+
+def postorder_many(roots: Iterable[Expr]) -> list[Expr]:
+    """Unique nodes of several DAGs, children first; a subgraph shared by several roots
+    (a population's common terminals) is walked once."""
     seen: set[Expr] = set()
     order: list[Expr] = []
+    for root in roots:
+        _walk(root, seen, order)
+    return order
+
+
+def _walk(root: Expr, seen: set, order: list, stop: Optional[Mapping[Expr, object]] = None):
+    """Append to ``order`` the nodes under ``root`` not in ``seen``, children first."""
     stack: list[tuple[Expr, bool]] = [(root, False)]
     while stack:
         node, expanded = stack.pop()
@@ -339,19 +354,6 @@ def postorder(root: Expr, stop: Optional[Mapping[Expr, object]] = None) -> list[
         for child in reversed(node.children):
             if child not in seen:
                 stack.append((child, False))
-    return order
-
-
-def postorder_many(roots: Iterable[Expr]) -> list[Expr]:
-    """Unique nodes of several DAGs, children first."""
-    seen: set[Expr] = set()
-    order: list[Expr] = []
-    for root in roots:
-        for node in postorder(root):
-            if node not in seen:
-                seen.add(node)
-                order.append(node)
-    return order
 
 
 def transform(root: Expr, fn: Callable[[Expr, Sequence[Expr]], Expr],
