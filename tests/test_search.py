@@ -333,3 +333,23 @@ def test_pruning_from_memory_decides_as_optuna_does(tmp_path):
             decisions[ours] += 1
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert decisions[True] and decisions[False]  # both outcomes were compared
+
+
+def test_filter_probes_run_jointly_where_shapes_allow_and_agree_with_separate_runs():
+    from autoloss.population import PopulationEvaluator
+    from autoloss.search.filters import _Probes
+
+    g = torch.Generator().manual_seed(0)
+    rand, edge = BOX.sample(16, g, dtype=torch.float64), BOX.degenerate(torch.float64)
+    probes = _Probes(BOX, rand, edge)
+    assert probes.joint is not None
+    exprs = [c.expression for c in catalog.of_signature("box")]
+    _, r_joint, e_joint = probes.evaluate(exprs)
+    for inputs, joint in ((rand, r_joint), (edge, e_joint)):
+        alone = PopulationEvaluator(BOX, inputs, mode="search").evaluate(exprs, grad=True)
+        for a, b in zip(joint, alone):
+            torch.testing.assert_close(a.value, b.value, rtol=1e-12, atol=0)
+            for col in b.grads:
+                torch.testing.assert_close(a.grads[col], b.grads[col], rtol=1e-12, atol=0)
+    sig = FilterBank({"cls": "sigmoid"}).probes["cls"]
+    assert sig.joint is None  # probe and degenerate logits differ in classes: two sweeps

@@ -104,12 +104,11 @@ class FilterBank:
         self.signatures = dict(signatures)
         self.scale_matters = scale_matters
         g = torch.Generator().manual_seed(seed)
-        self.random, self.edges, self.convergence = {}, {}, {}
+        self.probes, self.convergence = {}, {}
         for slot, name in self.signatures.items():
             sig = SIGNATURES[name]
-            inputs = sig.sample(probe_rows, g, dtype=torch.float64)
-            self.random[slot] = PopulationEvaluator(sig, inputs, mode="search")
-            self.edges[slot] = PopulationEvaluator(sig, sig.degenerate(torch.float64), mode="search")
+            self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
+                                        sig.degenerate(torch.float64))
             self.convergence[slot] = PopulationEvaluator(sig, convergence_inputs(name, seed=seed),
                                                          mode="search")
         self.seen_keys: dict[str, int] = {}
@@ -140,9 +139,8 @@ class FilterBank:
                 todo.append(i)
         prints = {i: [] for i in todo}
         for slot in self.signatures:
-            graphs = self.random[slot].graphs([candidates[i].slots[slot] for i in todo])
-            rand = self.random[slot].evaluate_graphs(graphs, grad=True)
-            edge = self.edges[slot].evaluate_graphs(graphs, grad=True)
+            graphs, rand, edge = self.probes[slot].evaluate([candidates[i].slots[slot]
+                                                             for i in todo])
             conv = self.convergence[slot].evaluate_graphs(graphs)
             for i, r, e, c in zip(todo, rand, edge, conv):
                 if verdicts[i] is not None:
@@ -224,3 +222,43 @@ class FilterBank:
         if self.scale_matters and norm > 0:
             text += f"|{round(math.log10(norm), 1)}".encode()
         return hashlib.sha256(text).hexdigest()[:16]
+
+
+class _Probes:
+    """Random probes and degenerate inputs of one slot, values and gradients.
+
+    Where their shapes agree beyond the rows (box, coord) both sets run as one batch, one
+    sweep over the population instead of two (the sweeps of small probe sets cost the
+    Python overhead per op, not arithmetic); the losses are row-wise, so each candidate's
+    result is split back by rows.
+    """
+
+    def __init__(self, sig, random_inputs, degenerate_inputs):
+        self.rows = len(random_inputs[0])
+        joinable = all((a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
+                       for a, b in zip(random_inputs, degenerate_inputs))
+        if joinable:
+            joint = tuple(None if a is None else torch.cat([a, b])
+                          for a, b in zip(random_inputs, degenerate_inputs))
+            self.joint = PopulationEvaluator(sig, joint, mode="search")
+        else:
+            self.joint = None
+            self.random = PopulationEvaluator(sig, random_inputs, mode="search")
+            self.edges = PopulationEvaluator(sig, degenerate_inputs, mode="search")
+
+    def evaluate(self, expressions):
+        """(graphs, results on the random probes, results on the degenerate inputs)."""
+        if self.joint is None:
+            graphs = self.random.graphs(expressions)
+            return (graphs, self.random.evaluate_graphs(graphs, grad=True),
+                    self.edges.evaluate_graphs(graphs, grad=True))
+        graphs = self.joint.graphs(expressions)
+        both = self.joint.evaluate_graphs(graphs, grad=True)
+        return graphs, [self._rows(r, slice(None, self.rows)) for r in both], \
+            [self._rows(r, slice(self.rows, None)) for r in both]
+
+    @staticmethod
+    def _rows(r, rows: slice):
+        if isinstance(r, Failure):
+            return r
+        return Result(r.value[rows], {k: g[rows] for k, g in (r.grads or {}).items()})
