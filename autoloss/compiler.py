@@ -135,13 +135,12 @@ def prepare(expression: Expr, signature: Signature, mode: Mode = "exact") -> Exp
 
 def check_names(expression: Expr, signature: Signature, where: str = "expression") -> None:
     allowed = set(signature.names)
-    nodes = E.postorder(expression)
-    unknown = {n.name for n in nodes if type(n) is Var} - allowed
+    unknown = E.variables(expression) - allowed
     if unknown:
         name = sorted(unknown)[0]
         raise ExpressionError(f"{where}: {name!r} is not a terminal of the {signature.name!r} "
                               f"signature; {did_you_mean(name, allowed)}")
-    for p in {n.name: n for n in nodes if type(n) is Param}.values():
+    for p in E.params(expression).values():
         if p.name in allowed:
             raise ExpressionError(f"{where}: parameter {p.name!r} shadows a terminal of the "
                                   f"{signature.name!r} signature; rename it")

@@ -62,6 +62,11 @@ class Counts:
     best_trial: Optional[int] = None
     reasons: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> int:
+        """Trials that ran to an end (interrupted ones rerun and do not count)."""
+        return self.accepted + self.rejected + self.reused + self.pruned + self.failed
+
 
 class Search:
     """A search over ``space`` in ``folder`` (see the module docstring)."""
@@ -85,6 +90,7 @@ class Search:
         self.proxy = proxies.get(space.proxy, **space.proxy_options)
         self.strategy = strategies.make(self.strategy_name, space, self.seed)
         self._cache: dict[int, Candidate] = {}
+        self.reporting_s = 0.0  # of the running trial
         self.counts = Counts()
         self.interrupted = False
 
@@ -219,10 +225,9 @@ class Search:
             start = time.monotonic()
             try:
                 while True:
-                    done = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-                               if not t.user_attrs.get("interrupted"))
-                    if done >= self.trials or (self.timeout and time.monotonic() - start >
-                                               self.timeout):
+                    elapsed = time.monotonic() - start
+                    if self.counts.finished >= self.trials or (self.timeout and
+                                                               elapsed > self.timeout):
                         break
                     self.step(study, bank)
             except KeyboardInterrupt:
@@ -235,7 +240,6 @@ class Search:
             return summary
 
     def step(self, study, bank: FilterBank) -> None:
-        t_start = time.perf_counter()
         with warnings.catch_warnings():  # heartbeats are recorded by _Heartbeat below
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = study.ask()
@@ -268,22 +272,20 @@ class Search:
                 record["status"] = "rejected"
                 record["reason"] += f" (which ended {source.state.name})"
         else:
-            t_proxy = time.perf_counter()
-            reporting_s = 0.0
+            t_proxy, self.reporting_s = time.perf_counter(), 0.0
             try:
-                state, values, extra, reporting_s = self.evaluate(study, trial, candidate)
+                state, values, extra = self.evaluate(study, trial, candidate)
             except KeyboardInterrupt:
                 trial.set_user_attr("verdict", record)
                 self.interrupt(study, trial._trial_id)
                 raise
             except CandidateFailure as err:
                 record.update(status="failed", filter="proxy", reason=err.reason)
-            proxy_s = time.perf_counter() - t_proxy - reporting_s
-        result = {"metrics": extra, "proxy_s": proxy_s}
+            proxy_s = time.perf_counter() - t_proxy - self.reporting_s
+        result = {"metrics": extra, "proxy_s": proxy_s}  # the rest of the trial is engine time
         if state == TrialState.COMPLETE:  # LaTeX (sympy, milliseconds) for the scored ones
             result["latex"] = {slot: _latex(e) for slot, e in candidate.slots.items()}
-        result["engine_s"] = time.perf_counter() - t_start - proxy_s  # until here; the summary
-        trial.set_user_attr("verdict", record)                      # counts ask to tell
+        trial.set_user_attr("verdict", record)
         trial.set_user_attr("result", result)
         if state == TrialState.COMPLETE:
             study.tell(trial, values)
@@ -296,22 +298,21 @@ class Search:
             self.on_trial(self, frozen)
 
     def evaluate(self, study, trial, candidate: Candidate):
-        """Run the proxy; returns (state, values, extra metrics, seconds spent reporting)."""
+        """Run the proxy; returns (state, values, extra metrics). The seconds its reports
+        and pruning decisions took (engine time, not proxy time) add to ``self.reporting_s``."""
         losses = {s: candidate.compiled(s, sig) for s, sig in self.signatures.items()}
         proxy = proxies.get(self.space.proxy, **proxy_options(self.space, candidate.choices))
         multi = self.space.complexity
 
         view = None if multi else _PruningView(study, trial)
-        engine_s = 0.0  # reporting and pruning is engine time, not proxy time
 
         def report(step: int, value: float) -> None:
-            nonlocal engine_s
             if view is None or not math.isfinite(value):
                 return
             start = time.perf_counter()
             trial.report(value, step)
             prune = view.should_prune(step, value)
-            engine_s += time.perf_counter() - start
+            self.reporting_s += time.perf_counter() - start
             if prune:
                 raise Pruned(f"pruned at step {step}")
 
@@ -320,13 +321,13 @@ class Search:
             metrics = proxy.run(losses, budget=self.space.budget, seed=self.seed, report=report,
                                 scale=self.space.scale)
         except Pruned:
-            return TrialState.PRUNED, None, {}, engine_s
+            return TrialState.PRUNED, None, {}
         finally:
             beat.stop()
         values = [metrics.value] + ([float(candidate.complexity)] if multi else [])
         if not all(math.isfinite(v) for v in values):
             raise CandidateFailure(f"{metrics.metric} is {metrics.value}")
-        return TrialState.COMPLETE, values, metrics.as_dict(), engine_s
+        return TrialState.COMPLETE, values, metrics.as_dict()
 
     # -- summary and validation ----------------------------------------------------------
     def summarize(self, study, recovered: int = 0) -> dict:
