@@ -353,3 +353,19 @@ def test_filter_probes_run_jointly_where_shapes_allow_and_agree_with_separate_ru
                 torch.testing.assert_close(a.grads[col], b.grads[col], rtol=1e-12, atol=0)
     sig = FilterBank({"cls": "sigmoid"}).probes["cls"]
     assert sig.joint is None  # probe and degenerate logits differ in classes: two sweeps
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_export_of_a_missing_or_unfinished_trial_says_which(tiny, tmp_path):
+    from autoloss.errors import AutolossError
+    from autoloss.search.report import export_best
+
+    search, summary = run_search(tiny, tmp_path, trials=6, validate=False)
+    with pytest.raises(AutolossError, match=r"no trial 99; the run has trials 0 to \d+"):
+        export_best(search.folder, trial=99)
+    study = optuna.load_study(study_name="search", storage=storage(search.folder))
+    unfinished = study.ask()  # a trial left failed, as a crash would leave it
+    study.tell(unfinished, state=optuna.trial.TrialState.FAIL)
+    failed = unfinished.number
+    with pytest.raises(AutolossError, match=f"trial {failed} did not complete"):
+        export_best(search.folder, trial=failed)

@@ -237,7 +237,7 @@ def _best_trial(search, study, summary):
     rows = [r for r in val.get("rows", []) if "mean" in r and r.get("trial") is not None]
     if rows:
         pick = (min if search.space.direction == "minimize" else max)(rows, key=lambda r: r["mean"])
-        return study.trials[pick["trial"]]
+        return study.get_trials(deepcopy=False)[pick["trial"]]
     ranked = search.ranked(study)
     return ranked[0] if ranked else None
 
@@ -326,11 +326,18 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     summary = read_json(folder / "summary.json")
     search = Search(space, folder, strategy=config["options"]["strategy"],
                     seed=config["options"]["seed"], validate=False)
-    t = study.trials[trial] if trial is not None else _best_trial(search, study, summary)
-    if t is None:
-        raise AutolossError(f"{folder}: no evaluated trial to export")
-    if trial is not None and (trial >= len(study.trials) or t.state != TrialState.COMPLETE):
-        raise AutolossError(f"{folder}: trial {trial} did not complete ({t.state.name})")
+    if trial is None:
+        t = _best_trial(search, study, summary)
+        if t is None:
+            raise AutolossError(f"{folder}: no evaluated trial to export")
+    else:
+        trials = study.get_trials(deepcopy=False)
+        if not 0 <= trial < len(trials):
+            raise AutolossError(f"{folder}: no trial {trial}; the run has trials 0 to "
+                                f"{len(trials) - 1}")
+        t = trials[trial]
+        if t.state != TrialState.COMPLETE:
+            raise AutolossError(f"{folder}: trial {trial} did not complete ({t.state.name})")
     cand = search.candidate_of(t)
     prov = export.Provenance(source="autoloss search", run=folder.name, trial=t.number,
                              proxy=space.proxy, metric=space.metric, value=t.values[0],
