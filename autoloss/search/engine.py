@@ -9,6 +9,7 @@ killed search loses no finished trial and ``--resume`` continues where it stoppe
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -90,7 +91,9 @@ class Search:
         self.proxy = proxies.get(space.proxy, **space.proxy_options)
         self.strategy = strategies.make(self.strategy_name, space, self.seed)
         self._cache: dict[int, Candidate] = {}
+        self._complete: dict[int, Any] = {}  # number -> frozen COMPLETE trial, in order
         self.reporting_s = 0.0  # of the running trial
+        self.timing = {"trials": 0, "wall_s": 0.0, "proxy_s": 0.0}  # this process's steps
         self.counts = Counts()
         self.interrupted = False
 
@@ -147,9 +150,11 @@ class Search:
             self._cache[trial.number] = Candidate.from_attrs(attrs, self.signatures)
         return self._cache[trial.number]
 
-    def history(self, study) -> list[strategies.Entry]:
+    def history(self) -> list[strategies.Entry]:
+        """The complete trials as the strategies see them, from memory: this process is the
+        run's only writer (``runs.Lock``), so what it replayed and told is the whole story."""
         out = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in self._complete.values():
             cand = self.candidate_of(t)
             if cand is not None and t.values:
                 out.append(strategies.Entry(t.number, cand, tuple(t.values)))
@@ -179,6 +184,8 @@ class Search:
         for t in study.get_trials(deepcopy=False):
             cand = self.candidate_of(t)
             verdict = t.user_attrs.get("verdict", {})
+            if t.state == TrialState.COMPLETE:
+                self._complete[t.number] = t
             if t.state == TrialState.COMPLETE and cand is not None:
                 bank.remember(cand, Verdict(True, fingerprint=verdict.get("fingerprint", "")),
                               t.number)
@@ -222,6 +229,7 @@ class Search:
             bank = FilterBank(self.signatures, seed=self.seed,
                               scale_matters=getattr(self.proxy, "gradient_scale_matters", True))
             self.replay(study, bank)
+            self._heartbeat = _Heartbeat(study._storage)
             start = time.monotonic()
             try:
                 while True:
@@ -229,9 +237,15 @@ class Search:
                     if self.counts.finished >= self.trials or (self.timeout and
                                                                elapsed > self.timeout):
                         break
-                    self.step(study, bank)
+                    t_step = time.perf_counter()
+                    proxy_s = self.step(study, bank)
+                    self.timing["trials"] += 1
+                    self.timing["wall_s"] += time.perf_counter() - t_step
+                    self.timing["proxy_s"] += proxy_s
             except KeyboardInterrupt:
                 self.interrupted = True
+            finally:
+                self._heartbeat.stop()
             summary = self.summarize(study, recovered)
             runs.write_json(self.folder / "summary.json", summary)
             if self.validate_after and not self.interrupted:
@@ -239,7 +253,8 @@ class Search:
                 runs.write_json(self.folder / "summary.json", summary)
             return summary
 
-    def step(self, study, bank: FilterBank) -> None:
+    def step(self, study, bank: FilterBank) -> float:
+        """One trial, from ``ask`` to the progress display; returns its proxy seconds."""
         with warnings.catch_warnings():  # heartbeats are recorded by _Heartbeat below
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = study.ask()
@@ -250,7 +265,7 @@ class Search:
             if retry is not None:
                 candidate = Candidate.from_attrs(retry, self.signatures)
             else:
-                candidate = self.strategy.propose(trial, self.history(study))
+                candidate = self.strategy.propose(trial, self.history())
         except KeyboardInterrupt:
             self.interrupt(study, trial._trial_id)
             raise
@@ -264,13 +279,9 @@ class Search:
                                             and verdict.reused_from < 0):
             record["status"] = "rejected"
         elif verdict.status == "reused":
-            source = study.get_trials(deepcopy=False)[verdict.reused_from]
+            source = self._complete[verdict.reused_from]  # the filters remember complete ones
             record["reused_from"] = verdict.reused_from
-            if source.state == TrialState.COMPLETE:
-                state, values = TrialState.COMPLETE, list(source.values)
-            else:
-                record["status"] = "rejected"
-                record["reason"] += f" (which ended {source.state.name})"
+            state, values = TrialState.COMPLETE, list(source.values)
         else:
             t_proxy, self.reporting_s = time.perf_counter(), 0.0
             try:
@@ -293,9 +304,12 @@ class Search:
         else:
             study.tell(trial, state=state)
         frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.COMPLETE:
+            self._complete[frozen.number] = frozen
         self._count(frozen, candidate)
         if self.on_trial is not None:
             self.on_trial(self, frozen)
+        return proxy_s
 
     def evaluate(self, study, trial, candidate: Candidate):
         """Run the proxy; returns (state, values, extra metrics). The seconds its reports
@@ -304,7 +318,7 @@ class Search:
         proxy = proxies.get(self.space.proxy, **proxy_options(self.space, candidate.choices))
         multi = self.space.complexity
 
-        view = None if multi else _PruningView(study, trial)
+        view = None if multi else _PruningView(study, trial, list(self._complete.values()))
 
         def report(step: int, value: float) -> None:
             if view is None or not math.isfinite(value):
@@ -316,14 +330,12 @@ class Search:
             if prune:
                 raise Pruned(f"pruned at step {step}")
 
-        beat = _Heartbeat(trial)
         try:
-            metrics = proxy.run(losses, budget=self.space.budget, seed=self.seed, report=report,
-                                scale=self.space.scale)
+            with self._heartbeat.watching(trial._trial_id):
+                metrics = proxy.run(losses, budget=self.space.budget, seed=self.seed,
+                                    report=report, scale=self.space.scale)
         except Pruned:
             return TrialState.PRUNED, None, {}
-        finally:
-            beat.stop()
         values = [metrics.value] + ([float(candidate.complexity)] if multi else [])
         if not all(math.isfinite(v) for v in values):
             raise CandidateFailure(f"{metrics.metric} is {metrics.value}")
@@ -334,19 +346,12 @@ class Search:
         trials = study.get_trials(deepcopy=False)
         states = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
         reasons: dict[str, dict[str, int]] = {}
-        proxy_s = engine_s = 0.0
         for t in trials:
             v = t.user_attrs.get("verdict", {})
             if v.get("status") in ("rejected", "failed"):
                 bucket = reasons.setdefault(v.get("filter", "?"), {})
                 text = _short(v.get("reason", ""))
                 bucket[text] = bucket.get(text, 0) + 1
-            r = t.user_attrs.get("result")
-            if r is not None and t.datetime_start and t.datetime_complete:
-                # everything from ask to tell that is not the proxy computing, storage included
-                wall = (t.datetime_complete - t.datetime_start).total_seconds()
-                proxy_s += r["proxy_s"]
-                engine_s += max(0.0, wall - r["proxy_s"])
         c = self.counts
         best = []
         for t in self.ranked(study)[:5]:
@@ -366,11 +371,20 @@ class Search:
             "verdicts": {"accepted": c.accepted, "rejected": c.rejected, "reused": c.reused,
                          "pruned": c.pruned, "failed": c.failed, "interrupted": c.interrupted},
             "rejections": reasons, "recovered_on_resume": recovered,
-            "engine_overhead": {"engine_s": engine_s, "proxy_s": proxy_s,
-                                "ratio": engine_s / proxy_s if proxy_s else None},
+            "engine_overhead": self.overhead(),
             "best": best, "interrupted": self.interrupted,
             "updated": datetime.now().isoformat(timespec="seconds"),
         }
+
+    def overhead(self) -> dict:
+        """The engine's time in this process's trials: each step's wall time (ask, sampling,
+        filters, storage writes, pruning decisions, tell, progress display) less the seconds
+        the proxy computed, summed; ``ratio`` is that over the proxy seconds."""
+        t = self.timing
+        engine_s = max(0.0, t["wall_s"] - t["proxy_s"])
+        return {"trials": t["trials"], "engine_s": engine_s, "proxy_s": t["proxy_s"],
+                "ms_per_trial": 1000 * engine_s / t["trials"] if t["trials"] else None,
+                "ratio": engine_s / t["proxy_s"] if t["proxy_s"] else None}
 
     def ranked(self, study) -> list:
         """Complete trials evaluated on the proxy (not reused), best first, one per key."""
@@ -472,11 +486,12 @@ class _PruningView:
     ``should_prune()`` would make (tested). The reports still go to the storage.
     """
 
-    def __init__(self, study, trial):
+    def __init__(self, study, trial, completed: Optional[list] = None):
         self.study = study
         self.pruner = study.pruner
         self.direction = study.direction
-        self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self._completed = list(completed if completed is not None else
+                               study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         self.frozen = copy.copy(study._storage.get_trial(trial._trial_id))  # storage's stays
         self._values: dict[int, float] = dict(self.frozen.intermediate_values)
 
@@ -495,24 +510,39 @@ class _PruningView:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat while the proxy runs (stale trials are detectable)."""
+    """Records the running trial's heartbeat while the proxy runs, so other readers of the
+    storage (optuna's stale-trial detection, a dashboard) can tell a dead run's trials.
 
-    def __init__(self, trial):
-        self.storage = trial.study._storage
-        self.trial_id = trial._trial_id
-        self.interval = self.storage.get_heartbeat_interval() if hasattr(
-            self.storage, "get_heartbeat_interval") else None
+    One thread for the whole search: the first beat of a trial comes within one interval of
+    its start, so a trial shorter than that writes nothing (``--resume`` fails and re-enqueues
+    whatever a dead process left RUNNING, heartbeat or not)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.interval = storage.get_heartbeat_interval() if hasattr(
+            storage, "get_heartbeat_interval") else None
+        self.trial_id: Optional[int] = None
         self._stop = threading.Event()
         self.thread = None
         if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
             self.thread = threading.Thread(target=self._beat, daemon=True)
             self.thread.start()
 
+    @contextlib.contextmanager
+    def watching(self, trial_id: int):
+        self.trial_id = trial_id
+        try:
+            yield
+        finally:
+            self.trial_id = None
+
     def _beat(self):
         while not self._stop.wait(self.interval):
+            trial_id = self.trial_id
+            if trial_id is None:
+                continue
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                self.storage.record_heartbeat(trial_id)
             except Exception:  # noqa: BLE001 - a missed heartbeat only delays stale detection
                 pass
 

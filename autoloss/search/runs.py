@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
+import sqlalchemy
 
 from ..errors import AutolossError
 
@@ -31,16 +32,33 @@ class RunError(AutolossError):
 
 def storage(folder: Path) -> optuna.storages.RDBStorage:
     """The run's SQLite storage, with heartbeats so stale trials can be detected (and
-    re-enqueued: a retried trial keeps its candidate in its user attributes)."""
+    re-enqueued: a retried trial keeps its candidate in its user attributes).
+
+    The database runs in write-ahead-log mode with ``synchronous=NORMAL``: a commit appends
+    to ``study.db-wal`` without waiting for the disk, which makes the per-trial writes several
+    times cheaper. A killed process loses nothing it committed (the log is replayed when the
+    database is next opened); only a power cut or an OS crash can roll back the last commits.
+    Readers (``autoloss report``, optuna-dashboard) may open the database while it is written.
+    """
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
-        return optuna.storages.RDBStorage(
+        store = optuna.storages.RDBStorage(
             f"sqlite:///{folder / 'study.db'}", heartbeat_interval=5, grace_period=20,
             heartbeat_stale_trial_callback=retry,
             engine_kwargs={"connect_args": {"timeout": 30}})
+    sqlalchemy.event.listen(store.engine, "connect", _sqlite_pragmas)
+    store.engine.dispose()  # the connections opened while creating the schema lack them
+    return store
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def new_name(space: str) -> str:
