@@ -17,6 +17,8 @@ import re
 from collections import Counter
 from typing import Mapping, Optional, Sequence
 
+import torch
+
 from . import expr as E
 from . import ops
 from .errors import ExpressionError
@@ -26,6 +28,7 @@ RESERVED = frozenset({"torch", "math", "Tensor", "Optional", "Tuple", "List", "d
                       "int", "None", "True", "False"})
 _TEMP = re.compile(r"^(t|g|d)\d+$")
 MAX_INLINE = 90  # characters of an inlined subexpression before it gets its own line
+_INPLACE_METHODS = frozenset(n for n in dir(torch.Tensor) if n.endswith("_"))
 
 
 def check_identifier(name: str, what: str) -> str:
@@ -52,9 +55,13 @@ class Emitter:
     """Writes straight-line code for several output expressions sharing one DAG."""
 
     def __init__(self, columns: Sequence[str], names: Mapping[Expr, str], dtype_ref: str,
-                 tensor_params: frozenset = frozenset()):
+                 tensor_params: frozenset = frozenset(), inplace: bool = False):
         self.columns = set(columns)
         self.tensor_params = frozenset(tensor_params)
+        # every tensor has the columns' shape and dtype unless a parameter is a tensor
+        self.inplace = inplace and not self.tensor_params
+        self.dying: set[Expr] = set()  # bound temporaries the statement being written frees
+        self.aliased: set[Expr] = set()
         self.names = dict(names)
         self.dtype_ref = dtype_ref
         self.lines: list[str] = []
@@ -80,6 +87,18 @@ class Emitter:
                 self.tensor[node] = type(node) is Param and node.name in self.tensor_params
         for r in roots:
             uses[r] += 2
+        # nodes other tensors may be views of (stop_grad, a branch picked by a parameter):
+        # never overwritten in place
+        self.aliased = set()
+        for node in reversed(order):
+            if type(node) is not Call:
+                continue
+            if node.op == "stop_grad":
+                self.aliased.add(node.args[0])
+            elif node.op == "where" and not self.tensor[node.args[0]]:
+                self.aliased.update(node.args[1:])
+            if node in self.aliased:
+                self.aliased.update(node.args)
         return order, uses
 
     def _fresh(self, prefix: str) -> str:
@@ -104,6 +123,30 @@ class Emitter:
         if arith and self.tensor.get(node) and node.op in ops.BOOL_OPS:
             return f"{text}.to({self.dtype_ref}.dtype)"
         return text
+
+    def _owned(self, node: Expr) -> bool:
+        """Whether ``node`` is written inline as a new tensor nobody else holds: an op may
+        then overwrite it (``a * b + c`` -> ``(a * b).add_(c)``), saving an allocation
+        and a pass over fresh memory. Only in no-grad code (``inplace``)."""
+        return (self.inplace and type(node) is Call
+                and (node not in self.bound or node in self.dying)
+                and node not in self.aliased
+                and self.tensor[node] and node.op not in ops.BOOL_OPS
+                and node.op != "stop_grad"  # a view of its argument
+                and not (node.op == "where" and not self.tensor[node.args[0]]))  # a branch
+
+    def _inplace(self, node: Call, method: str) -> Optional[str]:
+        """``node`` written as ``arg.method(...)`` on an owned argument, if it can be."""
+        args = node.args
+        if len(args) == 1 and self._owned(args[0]):
+            return f"{self.src(args[0])}.{method}()"
+        if len(args) == 2:
+            order = (0, 1) if self._owned(args[0]) else (
+                (1, 0) if ops.REGISTRY[node.op].commutative and self._owned(args[1]) else None)
+            if order is not None:
+                a, b = (args[i] for i in order)
+                return f"{self.src(a)}.{method}({self.src(b)})"
+        return None
 
     def _call(self, node: Call) -> str:
         spec = ops.REGISTRY[node.op]
@@ -150,20 +193,30 @@ class Emitter:
             return f"torch.clamp({self.src(t)}, {side}={self.src(s)})"
         if node.op == "clamp":
             x, lo, hi = args
-            if self.tensor[lo] != self.tensor[hi]:
-                full = [self.src(v) if self.tensor[v] else f"torch.full_like({self.src(x)}, "
-                        f"{self.src(v)})" for v in (lo, hi)]
-                return f"torch.clamp({self.src(x)}, {full[0]}, {full[1]})"
+            if not self.tensor[x] or self.tensor[lo] != self.tensor[hi]:
+                # torch.clamp takes a tensor and two bounds alike (numbers or tensors)
+                full = [self.src(v) if self.tensor[v] else f"torch.full_like({self.dtype_ref}, "
+                        f"{self.src(v)})" for v in (x, lo, hi)]
+                if not (self.tensor[lo] or self.tensor[hi]):
+                    full[1:] = [self.src(lo), self.src(hi)]
+                return f"torch.clamp({', '.join(full)})"
+            head = (f"{self.src(x)}.clamp_(" if self._owned(x)
+                    else f"torch.clamp({self.src(x)}, ")
             if type(hi) is Const and math.isinf(hi.value) and hi.value > 0:
-                return f"torch.clamp({self.src(x)}, min={self.src(lo)})"
+                return f"{head}min={self.src(lo)})"
             if type(lo) is Const and math.isinf(lo.value) and lo.value < 0:
-                return f"torch.clamp({self.src(x)}, max={self.src(hi)})"
+                return f"{head}max={self.src(hi)})"
         if node.op == "pow" and type(args[1]) is Const and args[1].value == 2.0:
-            return f"torch.square({self.src(args[0])})"
+            x = args[0]
+            return f"{self.src(x)}.square_()" if self._owned(x) else f"torch.square({self.src(x)})"
         if node.op in ops.BOOL_OPS:
             return spec.torch.format(*(self.src(a) for a in args))
         if node.op == "pow" and not self.tensor[args[0]]:
             return f"torch.pow({self.src(args[0])}, {self.src(args[1])})"
+        if spec.out is not None and spec.out + "_" in _INPLACE_METHODS:
+            text = self._inplace(node, spec.out + "_")
+            if text is not None:
+                return text
         return spec.torch.format(*(self.src(a) for a in args))
 
     # -- statements ----------------------------------------------------------------------
@@ -199,26 +252,33 @@ class Emitter:
         for i, (_, node) in enumerate(statements):
             for dep in self._reads(node):
                 last[dep] = i
-        dying: dict[int, list[str]] = {}
+        dying: dict[int, list[Expr]] = {}
         for dep, i in last.items():
             if dep not in keep:
-                dying.setdefault(i, []).append(self.bound[dep])
-        for i, (text, _) in enumerate(statements):
+                dying.setdefault(i, []).append(dep)
+        for i, (text, node) in enumerate(statements):
+            if self.inplace and i in dying:  # a temporary read once at its last use is free
+                reads = self._reads(node, counts=True)
+                self.dying = {d for d in dying[i] if reads[d] == 1}
+                if self.dying:
+                    text = f"{self.bound[node]} = {self._call(node)}"
+                self.dying = set()
             self.lines.append(text)
             if i in dying:
-                self.lines.append("del " + ", ".join(sorted(dying[i])))
+                self.lines.append("del " + ", ".join(sorted(self.bound[d] for d in dying[i])))
 
-    def _reads(self, node: Expr) -> set[Expr]:
-        """Bound variables the statement computing ``node`` reads."""
-        out: set[Expr] = set()
+    def _reads(self, node: Expr, counts: bool = False):
+        """Bound variables the statement computing ``node`` reads (with ``counts``, how
+        many times)."""
+        out: Counter = Counter()
         stack = list(node.children)
         while stack:
             n = stack.pop()
             if n in self.bound:
-                out.add(n)
+                out[n] += 1
             elif type(n) is Call:
                 stack.extend(n.children)
-        return out
+        return out if counts else set(out)
 
     def output(self, node: Expr, ref: str) -> str:
         """Source of an output tensor (constants broadcast to the shape of ``ref``)."""
@@ -229,17 +289,21 @@ class Emitter:
 
 def function(name: str, columns: Sequence[str], params: Mapping[str, float],
              outputs: Sequence[tuple[str, Optional[Expr]]], names: Mapping[Expr, str],
-             doc: str = "", tensor_params: frozenset = frozenset()) -> str:
+             doc: str = "", tensor_params: frozenset = frozenset(),
+             inplace: bool = False) -> str:
     """Source of one function ``name(columns..., params...)`` returning ``outputs``.
 
     ``outputs`` is a list of (label, expression); an expression of ``None`` returns
     ``None`` (a gradient that is not needed). One output returns a Tensor, several a tuple.
+    With ``inplace``, ops overwrite the temporaries only they hold: such a function must
+    not run under autograd (the fused value-and-gradient functions run in no-grad mode).
     """
     for c in columns:
         check_identifier(c, "input")
     for p in params:
         check_identifier(p, "parameter")
-    em = Emitter(columns, names, dtype_ref=columns[0], tensor_params=tensor_params)
+    em = Emitter(columns, names, dtype_ref=columns[0], tensor_params=tensor_params,
+                 inplace=inplace)
     roots = [e for _, e in outputs if e is not None]
     em.emit(roots)
     ref = columns[0]

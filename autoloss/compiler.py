@@ -249,7 +249,7 @@ class CompiledLoss:
                 doc = f"{self.name}: {self.doc or E.to_infix(self.expression)}"
             self._sources[key] = codegen.function(
                 fname, sig.columns, self.defaults, outputs, self.names,
-                doc=doc.replace('"""', "'''").replace("\\", "\\\\"))
+                doc=doc.replace('"""', "'''").replace("\\", "\\\\"), inplace=any(key))
         return self._sources[key]
 
     def function(self, needs: Sequence[bool]):

@@ -336,10 +336,10 @@ _register(Op("sigmoid", 1, "torch.sigmoid({0})", lambda s, a: s.sigmoid(a), _g_s
              math="(1.0 / (1.0 + math.exp(-({0}))))", sample=(_ANY,), out="sigmoid"))
 _register(Op("logsigmoid", 1, "torch.nn.functional.logsigmoid({0})",
              lambda s, a: s.logsigmoid(a), _g_logsigmoid, "log(sigmoid(a)), stable",
-             sample=(_ANY,)))
+             math="(min({0}, 0.0) - math.log1p(math.exp(-abs({0}))))", sample=(_ANY,)))
 _register(Op("softplus", 1, "torch.nn.functional.softplus({0})",
              lambda s, a: s.softplus(a), _g_softplus, "log(1 + e ** a), stable",
-             sample=(_ANY,)))
+             math="(max({0}, 0.0) + math.log1p(math.exp(-abs({0}))))", sample=(_ANY,)))
 _register(Op("relu", 1, "torch.relu({0})", lambda s, a: s.Max(a, 0), _g_relu,
              "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,)))
 _register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,
