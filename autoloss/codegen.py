@@ -61,6 +61,8 @@ class Emitter:
         # every tensor has the columns' shape and dtype unless a parameter is a tensor
         self.inplace = inplace and not self.tensor_params
         self.dying: set[Expr] = set()  # bound temporaries the statement being written frees
+        self.consumed: set[Expr] = set()  # ... and those of them it overwrites in place
+        self.pool: list[str] = []  # temporaries no longer read, their buffers free to reuse
         self.aliased: set[Expr] = set()
         self.names = dict(names)
         self.dtype_ref = dtype_ref
@@ -90,16 +92,29 @@ class Emitter:
         # nodes other tensors may be views of (stop_grad, a branch picked by a parameter):
         # never overwritten in place
         self.aliased = set()
-        for node in reversed(order):
-            if type(node) is not Call:
-                continue
-            if node.op == "stop_grad":
-                self.aliased.add(node.args[0])
-            elif node.op == "where" and not self.tensor[node.args[0]]:
-                self.aliased.update(node.args[1:])
-            if node in self.aliased:
-                self.aliased.update(node.args)
+        for node in order:
+            self.aliased.update(self._viewed(node))
+        changed = True
+        while changed:  # a view of a view: stop_grad(stop_grad(u)) shares u's memory
+            before = len(self.aliased)
+            for n in list(self.aliased):
+                self.aliased.update(self._viewed(n))
+            changed = len(self.aliased) > before
         return order, uses
+
+    def _viewed(self, node: Expr) -> tuple:
+        """The arguments whose memory ``node``'s value may be (stop_grad is a view, a
+        parameter-chosen branch is one of its arguments)."""
+        if type(node) is Call and node.op == "stop_grad":
+            return node.args[:1]
+        if type(node) is Call and node.op == "where" and not self.tensor[node.args[0]]:
+            return node.args[1:]
+        return ()
+
+    def _new_tensor(self, node: Expr) -> bool:
+        """Whether ``node`` computes a new floating-point tensor of the columns' shape."""
+        return (type(node) is Call and self.tensor[node] and node.op not in ops.BOOL_OPS
+                and not self._viewed(node))
 
     def _fresh(self, prefix: str) -> str:
         while True:
@@ -128,25 +143,35 @@ class Emitter:
         """Whether ``node`` is written inline as a new tensor nobody else holds: an op may
         then overwrite it (``a * b + c`` -> ``(a * b).add_(c)``), saving an allocation
         and a pass over fresh memory. Only in no-grad code (``inplace``)."""
-        return (self.inplace and type(node) is Call
-                and (node not in self.bound or node in self.dying)
-                and node not in self.aliased
-                and self.tensor[node] and node.op not in ops.BOOL_OPS
-                and node.op != "stop_grad"  # a view of its argument
-                and not (node.op == "where" and not self.tensor[node.args[0]]))  # a branch
+        return (self.inplace and self._new_tensor(node) and node not in self.aliased
+                and (node not in self.bound or node in self.dying))
+
+    def _take(self, node: Expr) -> str:
+        """Source of an owned argument that an op is about to overwrite."""
+        if node in self.bound:
+            self.consumed.add(node)
+        return self.src(node)
 
     def _inplace(self, node: Call, method: str) -> Optional[str]:
         """``node`` written as ``arg.method(...)`` on an owned argument, if it can be."""
         args = node.args
         if len(args) == 1 and self._owned(args[0]):
-            return f"{self.src(args[0])}.{method}()"
+            return f"{self._take(args[0])}.{method}()"
         if len(args) == 2:
             order = (0, 1) if self._owned(args[0]) else (
                 (1, 0) if ops.REGISTRY[node.op].commutative and self._owned(args[1]) else None)
             if order is not None:
                 a, b = (args[i] for i in order)
-                return f"{self.src(a)}.{method}({self.src(b)})"
+                return f"{self._take(a)}.{method}({self.src(b)})"
         return None
+
+    def _into_dead(self, node: Call, function: str, args: Sequence[str],
+                   keywords: str = "") -> Optional[str]:
+        """``torch.function(args, out=dead)``: the result written into the buffer of a
+        temporary no longer read (no allocation, and memory that is already in cache)."""
+        if not (self.inplace and self.pool and self._new_tensor(node)):
+            return None
+        return f"torch.{function}({', '.join(args)}{keywords}, out={self.pool.pop()})"
 
     def _call(self, node: Call) -> str:
         spec = ops.REGISTRY[node.op]
@@ -200,24 +225,51 @@ class Emitter:
                 if not (self.tensor[lo] or self.tensor[hi]):
                     full[1:] = [self.src(lo), self.src(hi)]
                 return f"torch.clamp({', '.join(full)})"
-            head = (f"{self.src(x)}.clamp_(" if self._owned(x)
-                    else f"torch.clamp({self.src(x)}, ")
+            side = None
             if type(hi) is Const and math.isinf(hi.value) and hi.value > 0:
-                return f"{head}min={self.src(lo)})"
-            if type(lo) is Const and math.isinf(lo.value) and lo.value < 0:
-                return f"{head}max={self.src(hi)})"
+                side = f"min={self.src(lo)}"
+            elif type(lo) is Const and math.isinf(lo.value) and lo.value < 0:
+                side = f"max={self.src(hi)}"
+            if side is not None:
+                if self._owned(x):
+                    return f"{self._take(x)}.clamp_({side})"
+                return (self._into_dead(node, "clamp", [self.src(x)], f", {side}")
+                        or f"torch.clamp({self.src(x)}, {side})")
         if node.op == "pow" and type(args[1]) is Const and args[1].value == 2.0:
             x = args[0]
-            return f"{self.src(x)}.square_()" if self._owned(x) else f"torch.square({self.src(x)})"
+            if self._owned(x):
+                return f"{self._take(x)}.square_()"
+            return self._into_dead(node, "square", [self.src(x)]) or f"torch.square({self.src(x)})"
         if node.op in ops.BOOL_OPS:
             return spec.torch.format(*(self.src(a) for a in args))
+        if spec.tensor_args:
+            return spec.torch.format(*(self.src(a) if self.tensor[a] else
+                                       f"torch.full_like({self.dtype_ref}, {self.src(a)})"
+                                       for a in args))
         if node.op == "pow" and not self.tensor[args[0]]:
             return f"torch.pow({self.src(args[0])}, {self.src(args[1])})"
+        if node.op in ("sub", "div") and not self.tensor[args[0]]:
+            # number - tensor, number / tensor: what Tensor.__rsub__ / __rtruediv__ call,
+            # without their Python wrappers (microseconds a call)
+            c, x = self.src(args[0]), self.src(args[1])
+            if node.op == "sub":
+                return f"torch.rsub({x}, {c})"
+            if c == "1.0":
+                return f"torch.reciprocal({x})"
+            if self.inplace:  # (in autograd code the reciprocal is saved for the backward)
+                return f"torch.reciprocal({x}).mul_({c})"
+            return f"(torch.reciprocal({x}) * {c})"
         if spec.out is not None and spec.out + "_" in _INPLACE_METHODS:
             text = self._inplace(node, spec.out + "_")
             if text is not None:
                 return text
-        return spec.torch.format(*(self.src(a) for a in args))
+        if spec.out is not None and self.tensor[args[0]]:
+            text = self._into_dead(node, spec.out, [self.src(a) for a in args])
+        elif spec.out is not None and len(args) == 2 and spec.commutative:
+            text = self._into_dead(node, spec.out, [self.src(args[1]), self.src(args[0])])
+        else:
+            text = None
+        return text or spec.torch.format(*(self.src(a) for a in args))
 
     # -- statements ----------------------------------------------------------------------
     def emit(self, roots: Sequence[Expr], prefix: str = "t", free: bool = True) -> None:
@@ -257,15 +309,20 @@ class Emitter:
             if dep not in keep:
                 dying.setdefault(i, []).append(dep)
         for i, (text, node) in enumerate(statements):
-            if self.inplace and i in dying:  # a temporary read once at its last use is free
+            freed = dying.get(i, [])
+            if self.inplace:  # rewritten with what is free by now
                 reads = self._reads(node, counts=True)
-                self.dying = {d for d in dying[i] if reads[d] == 1}
-                if self.dying:
-                    text = f"{self.bound[node]} = {self._call(node)}"
+                self.dying = {d for d in freed if reads[d] == 1}  # read once, at its last use
+                self.consumed = set()
+                text = f"{self.bound[node]} = {self._call(node)}"
+                reusable = {d for d in freed if d not in self.consumed
+                            and d not in self.aliased and self._new_tensor(d)}
+                self.pool += sorted(self.bound[d] for d in reusable)
+                freed = [d for d in freed if d not in reusable]
                 self.dying = set()
             self.lines.append(text)
-            if i in dying:
-                self.lines.append("del " + ", ".join(sorted(self.bound[d] for d in dying[i])))
+            if freed:
+                self.lines.append("del " + ", ".join(sorted(self.bound[d] for d in freed)))
 
     def _reads(self, node: Expr, counts: bool = False):
         """Bound variables the statement computing ``node`` reads (with ``counts``, how

@@ -237,7 +237,7 @@ class CompiledLoss:
             if any(key):
                 outputs = [("loss", self.graph)] + [
                     (f"d_{c}", g) for c, g in zip(sig.columns, self.gradients(key))]
-                shared = canon.share_logsigmoid([e for _, e in outputs if e is not None])
+                shared = canon.share_logsigmoid(canon.fuse_bce([e for _, e in outputs if e is not None]))
                 it = iter(shared)
                 outputs = [(label, None if e is None else next(it)) for label, e in outputs]
                 fname = f"{self.name}_vjp"
@@ -317,8 +317,7 @@ class CompiledLoss:
         slots = self.signature.grad_slots
         ref = prep.columns[0]
         buffers: list = [None] * len(prep.grad_shapes)
-        for b in range(len(buffers)):
-            members = [k for k, (bb, _) in enumerate(slots) if bb == b]
+        for b, members in enumerate(self.signature.buffer_columns):
             if not any(needs[k] for k in members):
                 continue
             parts = [grads[k] for k in members]

@@ -391,7 +391,7 @@ def _outputs(compiled: CompiledLoss, needs) -> list:
         return [("loss", compiled.graph)]
     outputs = [("loss", compiled.graph)] + [
         (f"d_{c}", g) for c, g in zip(compiled.signature.columns, compiled.gradients(needs))]
-    shared = canon.share_logsigmoid([e for _, e in outputs if e is not None])
+    shared = canon.share_logsigmoid(canon.fuse_bce([e for _, e in outputs if e is not None]))
     it = iter(shared)
     return [(label, None if e is None else next(it)) for label, e in outputs]
 

@@ -47,6 +47,7 @@ class Op:
     comparison: bool = False
     sample: tuple = ()  # (lo, hi) per argument for the registry's torch-vs-sympy test
     out: Optional[str] = None  # torch function taking out= (evaluators reuse dead buffers)
+    tensor_args: bool = False  # the torch form takes tensors only (numbers are broadcast)
     fn: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -186,6 +187,12 @@ def _g_logsigmoid(a, out, g):
 def _g_softplus(a, out, g):
     E = _e()
     return (E.mul(g, E.call("sigmoid", a[0])),)
+
+
+def _g_bce_logits(a, out, g):
+    E = _e()
+    z, y = a
+    return (E.mul(g, E.sub(E.call("sigmoid", z), y)), E.mul(g, E.neg(z)))
 
 
 def _g_tanh(a, out, g):
@@ -340,6 +347,13 @@ _register(Op("logsigmoid", 1, "torch.nn.functional.logsigmoid({0})",
 _register(Op("softplus", 1, "torch.nn.functional.softplus({0})",
              lambda s, a: s.softplus(a), _g_softplus, "log(1 + e ** a), stable",
              math="(max({0}, 0.0) + math.log1p(math.exp(-abs({0}))))", sample=(_ANY,)))
+_register(Op("bce_logits", 2,
+             "torch.nn.functional.binary_cross_entropy_with_logits({0}, {1}, reduction='none')",
+             lambda s, z, y: -(y * s.logsigmoid(z) + (1 - y) * s.logsigmoid(-z)), _g_bce_logits,
+             "binary cross-entropy of logit a and target b in [0, 1]: "
+             "-(b logsigmoid(a) + (1 - b) logsigmoid(-a)), one fused kernel",
+             math="(max({0}, 0.0) - {0} * {1} + math.log1p(math.exp(-abs({0}))))",
+             sample=(_ANY, (0.0, 1.0)), tensor_args=True))
 _register(Op("relu", 1, "torch.relu({0})", lambda s, a: s.Max(a, 0), _g_relu,
              "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,)))
 _register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,

@@ -19,6 +19,8 @@ evaluator scores on that batch.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -86,6 +88,13 @@ class Signature:
     @property
     def definitions(self) -> dict[str, Expr]:
         return {n: t.definition for n, t in self.terminals.items() if t.definition is not None}
+
+    @functools.cached_property
+    def buffer_columns(self) -> tuple[tuple[int, ...], ...]:
+        """The columns whose gradients each gradient buffer gathers (from ``grad_slots``)."""
+        count = 1 + max(b for b, _ in self.grad_slots)
+        return tuple(tuple(k for k, (b, _) in enumerate(self.grad_slots) if b == buffer)
+                     for buffer in range(count))
 
     @property
     def names(self) -> list[str]:
@@ -300,11 +309,11 @@ _SIGMOID_TERMINALS = [
 def _sigmoid_prepare(loss: str, logits: Tensor, target: Tensor) -> Prepared:
     _float_pair(loss, "logits", logits, "target", target, None)
     if target.numel():
-        low, high = torch.aminmax(target.detach())
-        if low < 0 or high > 1:
+        low, high = (v.item() for v in torch.aminmax(target.detach()))
+        if not 0 <= low <= high <= 1:  # NaN fails it too
             raise SignatureError(
                 f"{loss}: argument 'target' must hold values in [0, 1] (one-hot or IoU "
-                f"quality), got min {low.item():g}, max {high.item():g}")
+                f"quality), got min {low:g}, max {high:g}")
     return Prepared([logits, target], (logits, target), tuple(logits.shape),
                     [tuple(logits.shape)] * 2)
 

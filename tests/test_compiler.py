@@ -243,6 +243,8 @@ def test_in_place_code_computes_what_out_of_place_code_does(signature, monkeypat
     if signature == "box":  # a view (stop_grad) of a temporary that is later overwritten
         trees.append(box_expr("where(stop_grad(ph), ph + where(pw, where(0.5, 0.5 > pw, pw), "
                               "iou + (iou > ph)), ph)"))
+        trees.append(box_expr("(stop_grad(rho2) - pw) * stop_grad(rho2) - "
+                              "stop_grad(exp(pw > ph)) - pw"))  # ... whose buffer is reused
     for i, tree in enumerate(trees):
         with monkeypatch.context() as m:
             m.setattr(codegen, "function", lambda *a, **k: plain(*a, **dict(k, inplace=False)))
@@ -265,3 +267,29 @@ def _value_and_grads(loss, inputs):
     grads = torch.autograd.grad(value.sum(), wrt, allow_unused=True)
     return [value.detach()] + [torch.zeros_like(w) if g is None else g
                                for w, g in zip(wrt, grads)]
+
+
+def test_bce_pattern_runs_as_one_fused_kernel():
+    """y logsigmoid(x) + (1 - y) logsigmoid(-x) compiles to torch's BCE-with-logits (the
+    zoo's BCE, focal, QFL, VFL); near misses keep their own terms."""
+    from autoloss import canon
+    from autoloss.signatures import SIGMOID
+
+    for name in ("bce", "focal", "qfl", "vfl"):
+        assert "binary_cross_entropy_with_logits" in zoo.compiled(name).source_for((True, False))
+    names, params = SIGMOID.names, dict(SIGMOID.params)
+    fused = canon.fuse_bce([parse("-(t * logsigmoid(x) + (1 - t) * logsigmoid(-x))", names,
+                                  params)])[0]
+    assert fused == E.Call("bce_logits", (E.Var("x"), E.Var("t")))
+    for text in ("t * logsigmoid(x) + (1 - p) * logsigmoid(-x)",  # not complementary
+                 "t * logsigmoid(x) + (1 - t) * logsigmoid(x)"):  # not the mirrored logit
+        e = parse(text, names, params)
+        assert "bce_logits" not in E.to_infix(canon.fuse_bce([e])[0])
+    x = torch.tensor([[-60.0, -3.0, 0.0, 4.0, 60.0]] * 2, dtype=torch.float64)
+    t = torch.tensor([[0.0] * 5, [1.0, 0.3, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    value = zoo.build("bce")(xr, t)
+    (grad,) = torch.autograd.grad(value.sum(), xr)
+    torch.testing.assert_close(value.detach(), torch.nn.functional.binary_cross_entropy_with_logits(
+        x, t, reduction="none"))
+    torch.testing.assert_close(grad, torch.sigmoid(x) - t)
