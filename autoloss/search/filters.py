@@ -4,8 +4,10 @@ In order, for a batch of candidates (scored together by the population evaluator
 
 1. ``duplicate``: the canonical hash was seen -> reuse that trial's result;
 2. ``compiles``: unknown names, bad structure -> rejected;
-3. ``finite``: values and gradients on random and degenerate probe inputs -> rejected if
-   NaN/inf or if the gradient is zero everywhere (a loss that cannot train);
+3. ``finite``: an op applied to constants that is undefined whatever its other arguments
+   (``x / 0``, ``log(0)``: search-mode guards would hide it) -> rejected; values and
+   gradients on random and degenerate probe inputs -> rejected if NaN/inf or if the
+   gradient is zero everywhere (a loss that cannot train);
 4. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
    (IoU -> 1, p -> y) the loss must decrease on average and be minimal at the target;
 5. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
@@ -23,11 +25,36 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .. import canon, ops
+from .. import expr as E
+from ..expr import Call, Const
 from ..population import Failure, PopulationEvaluator, Result
 from ..signatures import SIGNATURES
 from .candidate import Candidate
 
 STEPS = (1.0, 0.6, 0.35, 0.15, 0.05, 0.0)  # distance to the target along a probe sequence
+
+
+#: values an op's non-constant arguments are tried at by ``undefined_constant_op``
+_ANYWHERE = torch.tensor([-1e3, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.0, 1e3],
+                         dtype=torch.float64)
+
+
+def undefined_constant_op(root) -> Optional[str]:
+    """Why ``root`` (canonicalised) holds an op on a constant argument that is NaN or
+    infinite whatever its other arguments are (``x / 0``, ``log(0)``, ``sqrt(-1)``), or
+    None. Such a candidate is degenerate: in search mode its guarded op would return a
+    clamped stand-in instead of failing."""
+    for node in E.postorder(canon.canonical(root)):
+        if type(node) is not Call or not any(type(a) is Const for a in node.args):
+            continue
+        args = [torch.tensor(a.value, dtype=torch.float64) if type(a) is Const else _ANYWHERE
+                for a in node.args]
+        with torch.no_grad(), np.errstate(all="ignore"):
+            value = ops.REGISTRY[node.op].fn(*args)
+        if not torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).any():
+            return f"{E.to_infix(node)} is undefined whatever its arguments (NaN or infinite)"
+    return None
 
 
 @dataclass
@@ -137,6 +164,12 @@ class FilterBank:
             else:
                 batch_keys[key] = i
                 todo.append(i)
+        for i in list(todo):
+            reason = next((r for e in candidates[i].slots.values()
+                           for r in [undefined_constant_op(e)] if r), None)
+            if reason is not None:
+                verdicts[i] = Verdict(False, "finite", reason)
+                todo.remove(i)
         prints = {i: [] for i in todo}
         for slot in self.signatures:
             graphs, rand, edge = self.probes[slot].evaluate([candidates[i].slots[slot]
