@@ -246,10 +246,10 @@ def export_cmd(args) -> int:
     else:
         raise AutolossError("say what to export: RUN, --zoo ID, or --expr EXPR --signature SIG")
     name = args.name or default_name
-    out = args.output or f"{export._snake(name)}.py"
+    out = args.output or f"{export.function_name(name)}.py"
     path = export.to_file(compiled, out, name, params=params,
                           trainable_constants=args.trainable_constants, provenance=prov)
-    print(f"wrote {path} ({name}, function {export._snake(name)})")
+    print(f"wrote {path} ({name}, function {export.function_name(name)})")
     if args.check:
         report = export.check(path, compiled, {k: v for k, v in params.items()})
         print(f"check: values and gradients agree with the compiled loss in a fresh process "

@@ -72,7 +72,7 @@ def _text(value, width: int = 96) -> str:
     return text
 
 
-def _snake(name: str) -> str:
+def function_name(name: str) -> str:
     """Function name of a class name: MyBoxLoss -> my_box_loss, GIoU -> giou_loss."""
     s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.replace("IoU", "Iou")).lower()
     return s if s.endswith("loss") else s + "_loss"
@@ -194,7 +194,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
     if not _CLASS.match(name):
         raise ExpressionError(f"class name {name!r} must be CamelCase letters and digits, "
                               "e.g. MyLoss")
-    func = _snake(name)
+    func = function_name(name)
     codegen.check_identifier(func, "function name")
     values = dict(compiled.defaults)
     for k, v in (params or {}).items():
@@ -341,7 +341,7 @@ def to_source_joint(losses: Mapping[str, CompiledLoss], names: Mapping[str, str]
         codegen.check_identifier(slot, "slot name")
         parts.append(to_source(compiled, names[slot], params.get(slot), provenance=provenance,
                                _prefix=slot, _module=False))
-        exported += [_snake(names[slot]), names[slot]]
+        exported += [function_name(names[slot]), names[slot]]
     lines = [f"{_text(provenance.title or 'Jointly searched losses')}.", "",
              "    Slots: " + ", ".join(f"{s} -> {names[s]}" for s in losses), "",
              "    Provenance:", f"        source: {_text(provenance.source)}"]
@@ -487,14 +487,16 @@ def check(path: str | os.PathLike, compiled: CompiledLoss,
 
 
 def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9) -> list[dict]:
-    """:func:`check` for several ``(path, compiled, params)`` in one fresh process."""
+    """:func:`check` for several ``(path, compiled, params[, function])`` in one fresh
+    process; ``function`` names the loss function in a file holding several (a joint
+    search's module), else the file's one class decides."""
     jobs = []
-    for path, compiled, params in items:
+    for path, compiled, params, *function in items:
         sig = compiled.signature
         g = torch.Generator().manual_seed(0)
         cases = [sig.sample(64, g, dtype=torch.float64), sig.sample(3, g, dtype=torch.float64),
                  sig.degenerate(torch.float64)]
-        jobs.append((str(path), _snake(_class_name_in(Path(path))),
+        jobs.append((str(path), function[0] if function else function_name(_class_name_in(Path(path))),
                      [(list(c), [0]) for c in cases]))
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(jobs, f"{tmp}/in.pt")
@@ -505,7 +507,7 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
                                 f"failed:\n{proc.stderr[-3000:]}")
         results = torch.load(f"{tmp}/out.pt")
     reports = []
-    for (path, compiled, params), (_, _, cases), theirs in zip(items, jobs, results):
+    for (path, compiled, params, *_), (_, _, cases), theirs in zip(items, jobs, results):
         worst = {"value": 0.0, "grad": 0.0, "cases": len(cases)}
         for (inputs, idx), (value, grads) in zip(cases, theirs):
             mine = [x.clone().requires_grad_(True) if i in idx else x

@@ -182,6 +182,12 @@ def test_joint_search_exports_one_module_with_a_class_per_slot(tmp_path):
     torch.testing.assert_close(module.searched_reg_loss(p, g), zoo.build("giou")(p, g))
     torch.jit.script(module.SearchedClsLoss())
     torch.jit.script(module.SearchedRegLoss())
+    # --check of a joint run: each slot's function against its compiled loss
+    reports = export.check_many([(path, losses["cls"], {"gamma": 1.5}, "searched_cls_loss"),
+                                 (path, losses["reg"], {}, "searched_reg_loss")])
+    assert [r["cases"] for r in reports] == [3, 3]
+    with pytest.raises(AutolossError, match="values differ"):
+        export.check_many([(path, losses["cls"], {"gamma": 2.0}, "searched_cls_loss")])
     with pytest.raises(AutolossError):
         export.to_source_joint(losses, names, {}, {"cls": 1.0}, {"x": "a'); import os; ('"},
                                export.Provenance())

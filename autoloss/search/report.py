@@ -363,6 +363,9 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     out.write_text(export.to_source_joint(compiled, names,
                                           {s: cand.params(s) for s in compiled},
                                           weights, others, prov))
+    if check:  # every slot's function against its compiled loss, in one fresh process
+        export.check_many([(out, loss, cand.params(s), export.function_name(names[s]))
+                           for s, loss in compiled.items()])
     return out
 
 
