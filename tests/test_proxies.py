@@ -140,6 +140,12 @@ def test_digits_options():
     m = get("digits", cls_target="iou", quality_branch=True, assigner="inside_box").run(
         losses, budget=3, scale=0.02)
     assert 0.0 <= m.value <= 1.0
+    for bad in ({"batch": 0}, {"batch": 2.5}, {"lr": 0}, {"lr": 3.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            get("digits", **bad)
+    proxy = get("digits", batch=4, lr=1e-3)
+    assert (proxy.batch, proxy.lr, get("digits").batch) == (4, 1e-3, 16)
+    assert 0.0 <= proxy.run(losses, budget=2, scale=0.02).value <= 1.0
 
 
 @pytest.mark.slow

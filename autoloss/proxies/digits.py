@@ -17,9 +17,10 @@ assigned with FCOS centre sampling (radius 1.5 strides, ties to the smaller box)
 assigner with the same signature can be passed in. The ``reg`` slot takes either a ``box``
 loss on decoded boxes or a ``coord`` loss on the (l, t, r, b) distances in stride units,
 as real detectors do. Training: AdamW (one-cycle schedule, peak lr 5e-3) for 3,000 steps
-of 16 canvases, losses summed and normalised by the number of positive points; shorter
-budgets favour BCE + L1, whose start is faster (see the docs' leaderboard). The primary metric is COCO mAP@[.5:.95] from
-pycocotools (AP50 and AP75 reported too) after class-wise NMS.
+of 16 canvases (options ``lr`` and ``batch``), losses summed and normalised by the number
+of positive points; shorter budgets favour BCE + L1, whose start is faster (see the docs'
+leaderboard). The primary metric is COCO mAP@[.5:.95] from pycocotools (AP50 and AP75
+reported too) after class-wise NMS.
 """
 from __future__ import annotations
 
@@ -251,7 +252,8 @@ class Digits:
 
     def __init__(self, assigner: str | Callable = "center_sampling", cls_target: str = "onehot",
                  quality_branch: bool = False, weights: Optional[Mapping[str, float]] = None,
-                 data_seed: int = 0, canvas: int = CANVAS):
+                 data_seed: int = 0, canvas: int = CANVAS, batch: Optional[int] = None,
+                 lr: Optional[float] = None):
         self.assigner = ASSIGNERS[assigner] if isinstance(assigner, str) else assigner
         if cls_target not in ("onehot", "iou"):
             raise ValueError("cls_target must be 'onehot' or 'iou' (the IoU of the predicted "
@@ -262,6 +264,13 @@ class Digits:
         self.weights.update(weights or {})
         self.data_seed = data_seed
         self.canvas = canvas
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise ValueError(f"batch must be a positive number of canvases, got {batch!r}")
+        if lr is not None and not (isinstance(lr, (int, float)) and 0 < lr < 1):
+            raise ValueError(f"lr must be a peak learning rate in (0, 1), got {lr!r}")
+        self.batch = batch or type(self).batch
+        self.lr = float(lr or type(self).lr)
 
     def run(self, losses: Mapping[str, Callable], budget: Optional[int] = None, seed: int = 0,
             report=None, scale: Optional[float] = None) -> Metrics:
