@@ -1,10 +1,13 @@
 """Torch source generation from expression DAGs.
 
 One generator writes every piece of torch code autoloss runs or ships: the value
-function and the fused value-and-gradient function of a compiled loss (and, later, the
+function and the fused value-and-gradient function of a compiled loss (and the
 exported module). Common subexpressions are computed once; nodes named after terminals
 (``iou``, ``enclose``, ...) get their own readable line; single-use nodes are written
-inline; parameter-only subexpressions are plain Python arithmetic on floats.
+inline; parameter-only subexpressions are plain Python arithmetic on floats. In the fused
+value-and-gradient functions, which run without autograd, an op overwrites an argument
+that nothing else holds (``(a * b).add_(c)``) or writes into the buffer of a temporary no
+longer read (``out=``), so a loss allocates little more than its outputs.
 
 The emitted code is TorchScript-compatible: annotated arguments, no keyword-only
 arguments, no closures.
@@ -180,8 +183,6 @@ class Emitter:
         if not tensor:
             if all(type(a) is Const for a in args):
                 # a constant the canonical form could not fold (1 / 0, log(-1)): its IEEE value
-                import torch
-
                 value = spec.fn(*(torch.tensor(a.value, dtype=torch.float64) for a in args))
                 return number(float(value))
             if spec.math is None:

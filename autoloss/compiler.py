@@ -8,9 +8,12 @@ Pipeline (each step a pure function of the previous):
 4. ``lower``: back to cheap ops (``-``, ``/``);
 5. terminals are inlined down to the signature's columns, and ``autodiff.vjp`` derives
    the gradient with respect to every column that needs one;
-6. ``codegen.function`` writes straight-line torch source for value and gradient with
-   common subexpressions shared; the source is registered with ``linecache`` so
-   tracebacks show it, and executed once.
+6. emission rewrites of the value and gradient expressions: ``fuse_bce`` (the BCE pattern
+   to torch's fused kernel) and ``share_logsigmoid`` (one transcendental pass for
+   ``logsigmoid(z)`` and ``logsigmoid(-z)``);
+7. ``codegen.function`` writes straight-line torch source for value and gradient with
+   common subexpressions shared and temporaries reused in place; the source is registered
+   with ``linecache`` so tracebacks show it, and executed once.
 
 A :class:`CompiledLoss` then runs the fused forward (value and gradient in one sweep)
 inside a custom ``torch.autograd.Function``; backward is a multiply by the incoming
