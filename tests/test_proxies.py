@@ -133,6 +133,16 @@ def test_digits_takes_box_or_coord_regression_losses():
         proxy.run({"cls": zoo.compiled("bce"), "reg": zoo.compiled("focal")}, budget=1)
 
 
+def test_digits_skips_intermediate_evaluations_nobody_listens_to_with_the_same_result():
+    losses = {"cls": zoo.compiled("focal"), "reg": zoo.compiled("giou")}
+    heard = []
+    listened = get("digits").run(losses, budget=60, scale=0.02,
+                                 report=lambda step, value: heard.append(step))
+    alone = get("digits").run(losses, budget=60, scale=0.02)
+    assert heard == [15, 30, 45, 60] and alone.value > 0
+    assert (listened.value, listened.extra) == (alone.value, alone.extra)
+
+
 def test_digits_options():
     with pytest.raises(ValueError, match="cls_target"):
         get("digits", cls_target="soft")
