@@ -234,13 +234,15 @@ class Emitter:
             if side is not None:
                 if self._owned(x):
                     return f"{self._take(x)}.clamp_({side})"
-                return (self._into_dead(node, "clamp", [self.src(x)], f", {side}")
-                        or f"torch.clamp({self.src(x)}, {side})")
+                xs = self.src(x)  # rendered once: rendering may take dead buffers
+                return (self._into_dead(node, "clamp", [xs], f", {side}")
+                        or f"torch.clamp({xs}, {side})")
         if node.op == "pow" and type(args[1]) is Const and args[1].value == 2.0:
             x = args[0]
             if self._owned(x):
                 return f"{self._take(x)}.square_()"
-            return self._into_dead(node, "square", [self.src(x)]) or f"torch.square({self.src(x)})"
+            xs = self.src(x)
+            return self._into_dead(node, "square", [xs]) or f"torch.square({xs})"
         if node.op in ops.BOOL_OPS:
             return spec.torch.format(*(self.src(a) for a in args))
         if spec.tensor_args:
@@ -264,13 +266,13 @@ class Emitter:
             text = self._inplace(node, spec.out + "_")
             if text is not None:
                 return text
+        srcs = [self.src(a) for a in args]  # once: rendering may take dead buffers
+        text = None
         if spec.out is not None and self.tensor[args[0]]:
-            text = self._into_dead(node, spec.out, [self.src(a) for a in args])
+            text = self._into_dead(node, spec.out, srcs)
         elif spec.out is not None and len(args) == 2 and spec.commutative:
-            text = self._into_dead(node, spec.out, [self.src(args[1]), self.src(args[0])])
-        else:
-            text = None
-        return text or spec.torch.format(*(self.src(a) for a in args))
+            text = self._into_dead(node, spec.out, srcs[::-1])
+        return text or spec.torch.format(*srcs)
 
     # -- statements ----------------------------------------------------------------------
     def emit(self, roots: Sequence[Expr], prefix: str = "t", free: bool = True) -> None:
