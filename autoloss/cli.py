@@ -121,7 +121,7 @@ def zoo_show(args) -> int:
 
 
 # --------------------------------------------------------------------------------- eval
-def _options(pairs) -> dict:
+def parse_options(pairs) -> dict:
     out = {}
     for item in pairs or []:
         key, sep, value = item.partition("=")
@@ -155,7 +155,7 @@ def eval_cmd(args) -> int:
                                 f"got {item!r}")
         losses[slot.strip()] = value
     kwargs = dict(seeds=args.seeds, budget=args.budget, scale=args.scale, threads=args.threads,
-                  options=_options(args.option))
+                  options=parse_options(args.option))
     try:
         if args.json:
             result = evaluate(args.proxy, losses, **kwargs)
@@ -227,7 +227,7 @@ def export_cmd(args) -> int:
     from . import export, zoo
     from .evaluate import resolve_loss
 
-    params = _options(args.param)
+    params = parse_options(args.param)
     if args.zoo:
         compiled = zoo.compiled(args.zoo)
         prov = export.zoo_provenance(args.zoo)

@@ -2,14 +2,16 @@
 
 For each proxy the zoo losses that fit its slots run over several seeds at the default
 budget; the table ranks them by mean metric. Fidelity is Kendall's tau between the ranking
-at the default budget and at 4x the budget (on all entries, or a subset for the detector):
+at the default budget and at 4x the budget (on every entry run):
 a proxy whose ranking flips with a longer budget would mislead a search.
 
-    python benchmarks/leaderboard.py --jobs 2              # everything (about an hour)
+    python benchmarks/leaderboard.py --jobs 2              # everything (about 3.5 hours)
     python benchmarks/leaderboard.py --proxies boxsim --seeds 1 --quick
+    python benchmarks/leaderboard.py --proxies digits --option batch=16 --entries 'focal + giou'
 
-Results are cached per entry in benchmarks/results/leaderboard_cache.json, so a rerun only
-computes what is missing (delete an entry, or the file, to recompute).
+Results are cached per entry in benchmarks/results/leaderboard_cache.json, keyed on the
+proxy's effective settings (defaults included), so a rerun only computes what is missing
+and a changed default recomputes; delete an entry, or the file, after changing a proxy's code.
 
 Writes benchmarks/results/leaderboard.md, .json and .png (git-ignored) and prints the
 markdown. One torch thread per run.
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from autoloss import catalog
+from autoloss.cli import parse_options
 from autoloss.evaluate import evaluate
 from autoloss.proxies import CandidateFailure
 
@@ -75,7 +78,12 @@ def run(proxy, label, losses, options, seeds, budget=None):
 
 
 def _key(proxy, label, options, seeds, budget) -> str:
-    return json.dumps([proxy, label, options, seeds, budget], sort_keys=True)
+    """The cache key: the proxy's effective settings, defaults included, so that a changed
+    default (the digits batch, say) recomputes instead of reusing another design's result."""
+    from autoloss import proxies as P
+
+    settings = {k: getattr(v, "__name__", v) for k, v in vars(P.get(proxy, **options)).items()}
+    return json.dumps([proxy, label, settings, seeds, budget], sort_keys=True, default=str)
 
 
 def run_all(jobs: list[tuple], n_jobs: int) -> list[dict]:
@@ -133,20 +141,30 @@ def main():
     parser.add_argument("--fidelity-seeds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="first 4 entries per proxy")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                        help="a proxy option for every entry, e.g. batch=48 for digits")
+    parser.add_argument("--entries", help="only these labels, comma-separated "
+                        "(e.g. 'focal + giou,bce + l1')")
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(exist_ok=True)
     report = {"date": str(date.today()), "machine": f"{platform.machine()}, "
               f"{torch.get_num_threads()} torch thread per run, {os.cpu_count()} cores",
               "proxies": {}}
-    md = [f"Leaderboard measured {report['date']} ({report['machine']}); mean ± std over "
+    md = [f"Leaderboard measured {report['date']} ({report['machine']}"
+          + (f"; proxy options {args.option}" if args.option else "") + "); mean ± std over "
           f"{args.seeds} seeds at the default budget; tau: Kendall's tau between the rankings "
           f"at the default budget and at 4x the budget ({args.fidelity_seeds} seed(s)); "
           "seed-to-seed tau: the mean tau between the rankings of two single seeds.", ""]
     from autoloss import proxies as P
 
+    common = parse_options(args.option)
     for proxy in args.proxies.split(","):
-        items = entries(proxy)[: 4 if args.quick else None]
+        items = [(label, losses, {**options, **common})
+                 for label, losses, options in entries(proxy)[: 4 if args.quick else None]
+                 if not args.entries or label in args.entries.split(",")]
+        if not items:
+            continue
         budget = P.get(proxy).default_budget
         budget4 = 4 * budget
         jobs = [(proxy, label, losses, options, args.seeds, budget)

@@ -177,6 +177,24 @@ def test_resolve_loss():
         resolve_loss("1 - iuo", ("box",))
 
 
+def test_leaderboard_cache_keys_on_the_effective_proxy_settings():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard.py"
+    spec = importlib.util.spec_from_file_location("leaderboard", path)
+    board = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(board)
+    key = board._key
+    default_batch = get("digits").batch
+    # a default spelled out is the same run; another batch or budget is not
+    assert key("digits", "x", {}, 3, 3000) == key("digits", "x", {"batch": default_batch}, 3, 3000)
+    assert key("digits", "x", {}, 3, 3000) != key("digits", "x", {"batch": default_batch + 1}, 3, 3000)
+    assert key("digits", "x", {}, 3, 3000) != key("digits", "x", {}, 3, 12000)
+    labels = [label for label, _, _ in board.entries("digits")]
+    assert len(labels) == len(set(labels)) and "bce + l1" in labels and "focal + giou" in labels
+
+
 def test_eval_cli_json():
     out = subprocess.run(
         [sys.executable, "-m", "autoloss.cli", "eval", "--proxy", "boxsim", "--loss", "reg=diou",
