@@ -17,10 +17,11 @@ assigned with FCOS centre sampling (radius 1.5 strides, ties to the smaller box)
 assigner with the same signature can be passed in. The ``reg`` slot takes either a ``box``
 loss on decoded boxes or a ``coord`` loss on the (l, t, r, b) distances in stride units,
 as real detectors do. Training: AdamW (one-cycle schedule, peak lr 5e-3) for 3,000 steps
-of 16 canvases (options ``lr`` and ``batch``), losses summed and normalised by the number
-of positive points; shorter budgets favour BCE + L1, whose start is faster (see the docs'
-leaderboard). The primary metric is COCO mAP@[.5:.95] from pycocotools (AP50 and AP75
-reported too) after class-wise NMS.
+of 48 canvases (options ``lr`` and ``batch``), losses summed and normalised by the number
+of positive points. Batches of 16 were cheaper but ranked the losses by how fast they
+start: losses that weigh precise boxes (alpha-IoU, CSE-Autoloss-B's) came 18th and 19th at
+3,000 steps and 1st and 2nd at 4x that (see docs/proxies.md). The primary metric is COCO
+mAP@[.5:.95] from pycocotools (AP50 and AP75 reported too) after class-wise NMS.
 """
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ class Digits:
     default_scale = 1.0
     train_canvases = 8000
     val_canvases = 300
-    batch = 16
+    batch = 48
     lr = 5e-3
 
     def __init__(self, assigner: str | Callable = "center_sampling", cls_target: str = "onehot",
@@ -282,7 +283,9 @@ class Digits:
             self.data_seed, max(self.batch, int(self.train_canvases * scale)),
             max(8, int(self.val_canvases * scale)), self.canvas)
         torch.manual_seed(seed)
-        model = Detector(quality=self.quality_branch)
+        # channels-last: oneDNN's convolutions, the backward ones above all, run about a
+        # third faster in that layout here (one-channel images are already in it)
+        model = Detector(quality=self.quality_branch).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps,
                                                     pct_start=0.1)
