@@ -86,11 +86,12 @@ def _key(proxy, label, options, seeds, budget) -> str:
     return json.dumps([proxy, label, settings, seeds, budget], sort_keys=True, default=str)
 
 
-def run_all(jobs: list[tuple], n_jobs: int) -> list[dict]:
-    """Run (proxy, label, losses, options, seeds, budget) entries, cached, in parallel."""
+def run_all(jobs: list[tuple], n_jobs: int, cached_only: bool = False) -> list[dict]:
+    """Run (proxy, label, losses, options, seeds, budget) entries, cached, in parallel;
+    with ``cached_only`` run nothing and give None for the entries not measured yet."""
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     todo = [j for j in jobs if _key(j[0], j[1], j[3], j[4], j[5]) not in cache]
-    if todo:
+    if todo and not cached_only:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(n_jobs) as pool:
@@ -102,7 +103,7 @@ def run_all(jobs: list[tuple], n_jobs: int) -> list[dict]:
                 print(f"{job[0]:8s} {job[1]:28s}{tag} " + (
                     f"{r['mean']:.4f} ± {r['std']:.4f}" if "mean" in r
                     else f"failed: {r['failed']}") + f"  ({r['seconds']:.0f} s)", flush=True)
-    return [cache[_key(j[0], j[1], j[3], j[4], j[5])] for j in jobs]
+    return [cache.get(_key(j[0], j[1], j[3], j[4], j[5])) for j in jobs]
 
 
 def _run_job(job):
@@ -145,6 +146,8 @@ def main():
                         help="a proxy option for every entry, e.g. batch=48 for digits")
     parser.add_argument("--entries", help="only these labels, comma-separated "
                         "(e.g. 'focal + giou,bce + l1')")
+    parser.add_argument("--cached", action="store_true",
+                        help="run nothing: report what the cache holds (an interrupted run)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(exist_ok=True)
@@ -171,8 +174,9 @@ def main():
                 for label, losses, options in items]
         jobs += [(proxy, label, losses, options, args.fidelity_seeds, budget4)
                  for label, losses, options in items]
-        results = run_all(jobs, args.jobs)
-        rows, longs = results[:len(items)], results[len(items):]
+        results = run_all(jobs, args.jobs, cached_only=args.cached)
+        rows = [r for r in results[:len(items)] if r is not None]
+        longs = [r for r in results[len(items):] if r is not None]
         ok = [r for r in rows if "mean" in r]
         if not ok:
             continue
@@ -187,7 +191,8 @@ def main():
                                     "seed_tau": noise, "seconds_per_run": seconds}
         md += [f"### {proxy} ({ok[0]['metric']}, {'higher' if direction == 'maximize' else 'lower'}"
                f" is better; {seconds:.1f} s per run; fidelity tau = {tau:.2f} on {len(long)} "
-               f"entries; seed-to-seed tau at the default budget = {noise:.2f})", "",
+               + (f"of {len(items)} " if args.cached else "")
+               + f"entries; seed-to-seed tau at the default budget = {noise:.2f})", "",
                "| rank | loss | mean ± std | at 4x budget |", "| --- | --- | --- | --- |"]
         for i, r in enumerate(ok, 1):
             at4 = f"{long[r['label']]:.4f}" if r["label"] in long else ""
