@@ -168,6 +168,20 @@ def inside_box(pts: torch.Tensor, boxes: torch.Tensor, stride: int = STRIDE) -> 
 ASSIGNERS = {"center_sampling": center_sampling, "inside_box": inside_box}
 
 
+@lru_cache(maxsize=2)
+def assignments(assigner: Callable, data_seed: int, train: int, val: int, canvas: int = CANVAS):
+    """Per training canvas of ``split(data_seed, train, val, canvas)``: the positive points
+    and the box and class each point regresses. Built once per process, like the data (a
+    search's trials share them; read-only)."""
+    (_, boxes, classes), _ = split(data_seed, train, val, canvas)
+    pts = points(canvas)
+    out = []
+    for b, c in zip(boxes, classes):
+        assigned = assigner(pts, b)
+        out.append((assigned >= 0, b[assigned.clamp(min=0)], c[assigned.clamp(min=0)]))
+    return tuple(out)
+
+
 # ----------------------------------------------------------------------------- inference
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression; indices kept, by decreasing score."""
@@ -279,9 +293,10 @@ class Digits:
         report = report or no_report
         steps = int(budget or self.default_budget)
         scale = scale or self.default_scale
-        (train_x, train_b, train_c), (val_x, val_b, val_c) = split(
-            self.data_seed, max(self.batch, int(self.train_canvases * scale)),
-            max(8, int(self.val_canvases * scale)), self.canvas)
+        data = (self.data_seed, max(self.batch, int(self.train_canvases * scale)),
+                max(8, int(self.val_canvases * scale)), self.canvas)
+        (train_x, _, _), (val_x, val_b, val_c) = split(*data)
+        targets = assignments(self.assigner, *data)
         torch.manual_seed(seed)
         # channels-last: oneDNN's convolutions, the backward ones above all, run about a
         # third faster in that layout here (one-channel images are already in it)
@@ -290,7 +305,6 @@ class Digits:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps,
                                                     pct_start=0.1)
         pts = points(self.canvas)
-        targets = [self._targets(pts, b, c) for b, c in zip(train_b, train_c)]
         g = seeded(seed + 2)
         # the three intermediate mAPs (a COCO evaluation each) only when someone listens
         checkpoints = {max(1, round(steps * k / 4)) for k in (1, 2, 3)} \
@@ -313,11 +327,6 @@ class Digits:
         report(steps, result["map"])
         return Metrics(self.metric, result["map"], self.direction,
                        extra={"ap50": result["ap50"], "ap75": result["ap75"]})
-
-    def _targets(self, pts, boxes, classes):
-        assigned = self.assigner(pts, boxes)
-        pos = assigned >= 0
-        return pos, boxes[assigned.clamp(min=0)], classes[assigned.clamp(min=0)]
 
     def _loss(self, losses, reg_signature, cls, ltrb, iou, pts, targets):
         n, p, c = cls.shape
