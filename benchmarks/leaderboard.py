@@ -5,7 +5,7 @@ budget; the table ranks them by mean metric. Fidelity is Kendall's tau between t
 at the default budget and at 4x the budget (on every entry run):
 a proxy whose ranking flips with a longer budget would mislead a search.
 
-    python benchmarks/leaderboard.py --jobs 2              # everything (about 3.5 hours)
+    python benchmarks/leaderboard.py --jobs 2              # everything (about 3 hours)
     python benchmarks/leaderboard.py --proxies boxsim --seeds 1 --quick
     python benchmarks/leaderboard.py --proxies digits --option batch=16 --entries 'focal + giou'
 
