@@ -90,20 +90,22 @@ def run_all(jobs: list[tuple], n_jobs: int, cached_only: bool = False) -> list[d
     """Run (proxy, label, losses, options, seeds, budget) entries, cached, in parallel;
     with ``cached_only`` run nothing and give None for the entries not measured yet."""
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    todo = [j for j in jobs if _key(j[0], j[1], j[3], j[4], j[5]) not in cache]
+    keys = [_key(proxy, label, options, seeds, budget)
+            for proxy, label, _, options, seeds, budget in jobs]
+    todo = [(key, job) for key, job in zip(keys, jobs) if key not in cache]
     if todo and not cached_only:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(n_jobs) as pool:
-            for job, result in zip(todo, pool.imap(_run_job, todo)):
-                cache[_key(job[0], job[1], job[3], job[4], job[5])] = result
+            for (key, job), result in zip(todo, pool.imap(_run_job, [j for _, j in todo])):
+                cache[key] = result
                 CACHE.write_text(json.dumps(cache, indent=1))
                 r = result
                 tag = f" at budget {job[5]}"
                 print(f"{job[0]:8s} {job[1]:28s}{tag} " + (
                     f"{r['mean']:.4f} ± {r['std']:.4f}" if "mean" in r
                     else f"failed: {r['failed']}") + f"  ({r['seconds']:.0f} s)", flush=True)
-    return [cache.get(_key(j[0], j[1], j[3], j[4], j[5])) for j in jobs]
+    return [cache.get(key) for key in keys]
 
 
 def _run_job(job):

@@ -178,7 +178,8 @@ def assignments(assigner: Callable, data_seed: int, train: int, val: int, canvas
     out = []
     for b, c in zip(boxes, classes):
         assigned = assigner(pts, b)
-        out.append((assigned >= 0, b[assigned.clamp(min=0)], c[assigned.clamp(min=0)]))
+        index = assigned.clamp(min=0)
+        out.append((assigned >= 0, b[index], c[index]))
     return tuple(out)
 
 
