@@ -9,12 +9,13 @@ a proxy whose ranking flips with a longer budget would mislead a search.
     python benchmarks/leaderboard.py --proxies boxsim --seeds 1 --quick
     python benchmarks/leaderboard.py --proxies digits --option batch=16 --entries 'focal + giou'
 
-Results are cached per entry in benchmarks/results/leaderboard_cache.json, keyed on the
-proxy's effective settings (defaults included), so a rerun only computes what is missing
-and a changed default recomputes; delete an entry, or the file, after changing a proxy's code.
+Results are cached per entry in OUT/leaderboard_cache.json (OUT: --out, by default
+benchmarks/results), keyed on the proxy's effective settings (defaults included), so a rerun
+only computes what is missing and a changed default recomputes; delete an entry, or the
+file, after changing a proxy's code.
 
-Writes benchmarks/results/leaderboard.md, .json and .png (git-ignored) and prints the
-markdown. One torch thread per run.
+Writes OUT/leaderboard.md, .json and .png (git-ignored) and prints the markdown. One torch
+thread per run.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def entries(proxy: str):
     raise KeyError(proxy)
 
 
-CACHE = OUT / "leaderboard_cache.json"
+CACHE = "leaderboard_cache.json"
 DEFAULTS = {"boxsim": {"scale": 0.1}, "clssim": {}, "clssim_quality": {}, "digits": {}}
 
 
@@ -86,10 +87,12 @@ def _key(proxy, label, options, seeds, budget) -> str:
     return json.dumps([proxy, label, settings, seeds, budget], sort_keys=True, default=str)
 
 
-def run_all(jobs: list[tuple], n_jobs: int, cached_only: bool = False) -> list[dict]:
-    """Run (proxy, label, losses, options, seeds, budget) entries, cached, in parallel;
-    with ``cached_only`` run nothing and give None for the entries not measured yet."""
-    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+def run_all(jobs: list[tuple], n_jobs: int, cache_path: Path,
+            cached_only: bool = False) -> list[dict]:
+    """Run (proxy, label, losses, options, seeds, budget) entries, cached in ``cache_path``,
+    in parallel; with ``cached_only`` run nothing and give None for the entries not measured
+    yet."""
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     keys = [_key(proxy, label, options, seeds, budget)
             for proxy, label, _, options, seeds, budget in jobs]
     todo = [(key, job) for key, job in zip(keys, jobs) if key not in cache]
@@ -99,7 +102,7 @@ def run_all(jobs: list[tuple], n_jobs: int, cached_only: bool = False) -> list[d
         with mp.get_context("spawn").Pool(n_jobs) as pool:
             for (key, job), result in zip(todo, pool.imap(_run_job, [j for _, j in todo])):
                 cache[key] = result
-                CACHE.write_text(json.dumps(cache, indent=1))
+                cache_path.write_text(json.dumps(cache, indent=1))
                 r = result
                 tag = f" at budget {job[5]}"
                 print(f"{job[0]:8s} {job[1]:28s}{tag} " + (
@@ -137,7 +140,7 @@ def seed_tau(rows: list[dict]) -> float:
         for i, j in pairs)
 
 
-def main():
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxies", default="boxsim,clssim,digits")
     parser.add_argument("--seeds", type=int, default=3)
@@ -150,9 +153,12 @@ def main():
                         "(e.g. 'focal + giou,bce + l1')")
     parser.add_argument("--cached", action="store_true",
                         help="run nothing: report what the cache holds (an interrupted run)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="where the cache and the reports live (default: %(default)s)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    OUT.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     report = {"date": str(date.today()), "machine": f"{platform.machine()}, "
               f"{torch.get_num_threads()} torch thread per run, {os.cpu_count()} cores",
               "proxies": {}}
@@ -176,7 +182,7 @@ def main():
                 for label, losses, options in items]
         jobs += [(proxy, label, losses, options, args.fidelity_seeds, budget4)
                  for label, losses, options in items]
-        results = run_all(jobs, args.jobs, cached_only=args.cached)
+        results = run_all(jobs, args.jobs, out / CACHE, cached_only=args.cached)
         rows = [r for r in results[:len(items)] if r is not None]
         longs = [r for r in results[len(items):] if r is not None]
         ok = [r for r in rows if "mean" in r]
@@ -193,7 +199,7 @@ def main():
                                     "seed_tau": noise, "seconds_per_run": seconds}
         md += [f"### {proxy} ({ok[0]['metric']}, {'higher' if direction == 'maximize' else 'lower'}"
                f" is better; {seconds:.1f} s per run; fidelity tau = {tau:.2f} on {len(long)} "
-               + (f"of {len(items)} " if args.cached else "")
+               + (f"of {len(items)} " if len(long) < len(items) else "")
                + f"entries; seed-to-seed tau at the default budget = {noise:.2f})", "",
                "| rank | loss | mean ± std | at 4x budget |", "| --- | --- | --- | --- |"]
         for i, r in enumerate(ok, 1):
@@ -204,9 +210,9 @@ def main():
                 md.append(f"| - | {r['label']} | failed: {_short(r['failed'])} | |")
         md.append("")
     text = "\n".join(md)
-    (OUT / "leaderboard.md").write_text(text)
-    (OUT / "leaderboard.json").write_text(json.dumps(report, indent=2))
-    plot(report, OUT / "leaderboard.png")
+    (out / "leaderboard.md").write_text(text)
+    (out / "leaderboard.json").write_text(json.dumps(report, indent=2))
+    plot(report, out / "leaderboard.png")
     print(text)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -183,7 +184,7 @@ def test_resolve_loss():
         resolve_loss("1 - iuo", ("box",))
 
 
-def test_leaderboard_cache_keys_on_the_effective_proxy_settings():
+def _leaderboard():
     import importlib.util
     from pathlib import Path
 
@@ -191,6 +192,11 @@ def test_leaderboard_cache_keys_on_the_effective_proxy_settings():
     spec = importlib.util.spec_from_file_location("leaderboard", path)
     board = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(board)
+    return board
+
+
+def test_leaderboard_cache_keys_on_the_effective_proxy_settings():
+    board = _leaderboard()
     key = board._key
     default_batch = get("digits").batch
     # a default spelled out is the same run; another batch or budget is not
@@ -199,6 +205,34 @@ def test_leaderboard_cache_keys_on_the_effective_proxy_settings():
     assert key("digits", "x", {}, 3, 3000) != key("digits", "x", {}, 3, 12000)
     labels = [label for label, _, _ in board.entries("digits")]
     assert len(labels) == len(set(labels)) and "bce + l1" in labels and "focal + giou" in labels
+
+
+def test_leaderboard_reports_a_partial_cache_and_its_fidelity(tmp_path, capsys):
+    # `--cached` runs nothing: it ranks what the cache holds and says on how many entries
+    # of the proxy the fidelity tau was measured
+    board = _leaderboard()
+    labels = [label for label, _, _ in board.entries("clssim")]
+    budget = get("clssim").default_budget
+
+    def result(label, mean):
+        return {"label": label, "values": [mean], "mean": mean, "std": 0.0, "seconds": 1.0,
+                "direction": "maximize", "metric": "ap", "extra": {}}
+
+    cache = {board._key("clssim", label, {}, 1, budget): result(label, mean)
+             for label, mean in zip(labels, (0.5, 0.7, 0.6))}
+    cache |= {board._key("clssim", label, {}, 1, 4 * budget): result(label, mean)
+              for label, mean in zip(labels[:2], (0.4, 0.8))}
+    (tmp_path / board.CACHE).write_text(json.dumps(cache))
+    board.main(["--proxies", "clssim", "--seeds", "1", "--cached", "--out", str(tmp_path)])
+    text = (tmp_path / "leaderboard.md").read_text().strip()
+    assert text == capsys.readouterr().out.strip()
+    assert f"fidelity tau = 1.00 on 2 of {len(labels)} entries" in text
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [row[1] for row in rows] == [labels[1], labels[2], labels[0]]
+    assert [row[3] for row in rows] == ["0.8000", "", "0.4000"]
+    assert (tmp_path / "leaderboard.png").stat().st_size > 0
+    assert json.loads((tmp_path / "leaderboard.json").read_text())["proxies"]["clssim"]["tau"] == 1
 
 
 def test_eval_cli_json():
