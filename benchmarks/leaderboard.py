@@ -170,10 +170,17 @@ def main(argv: list[str] | None = None):
     from autoloss import proxies as P
 
     common = parse_options(args.option)
-    for proxy in args.proxies.split(","):
+    proxies = args.proxies.split(",")
+    wanted = {label.strip() for label in args.entries.split(",")} if args.entries else None
+    if wanted:
+        known = {label for proxy in proxies for label, _, _ in entries(proxy)}
+        if unknown := wanted - known:
+            parser.error(f"--entries: no entry {sorted(unknown)} on {', '.join(proxies)}; "
+                         f"the labels are: {', '.join(sorted(known))}")
+    for proxy in proxies:
         items = [(label, losses, {**options, **common})
                  for label, losses, options in entries(proxy)[: 4 if args.quick else None]
-                 if not args.entries or label in args.entries.split(",")]
+                 if not wanted or label in wanted]
         if not items:
             continue
         budget = P.get(proxy).default_budget

@@ -235,6 +235,17 @@ def test_leaderboard_reports_a_partial_cache_and_its_fidelity(tmp_path, capsys):
     assert json.loads((tmp_path / "leaderboard.json").read_text())["proxies"]["clssim"]["tau"] == 1
 
 
+def test_leaderboard_rejects_an_unknown_entry(tmp_path, capsys):
+    # a misspelt --entries label is an error naming it, not a silently empty report
+    board = _leaderboard()
+    with pytest.raises(SystemExit):
+        board.main(["--proxies", "clssim", "--entries", "focal,focla", "--cached",
+                    "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--entries: no entry ['focla'] on clssim" in err and "focal" in err
+    assert not (tmp_path / "leaderboard.md").exists()
+
+
 def test_eval_cli_json():
     out = subprocess.run(
         [sys.executable, "-m", "autoloss.cli", "eval", "--proxy", "boxsim", "--loss", "reg=diou",
