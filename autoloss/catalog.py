@@ -20,7 +20,10 @@ A file looks like::
 
 ``let`` holds named helpers (``v``) and function macros (``"sl1(l)" = "..."``), expanded
 at parse time. ``params`` holds tunable parameters: ``gamma = { default = 2.0, range =
-[0.0, 5.0] }``. Every problem is reported with the file, the entry and the field.
+[0.0, 5.0] }``, with ``unit = "length"`` where one has a dimension. A loss of a signature
+with units (``box``) must be dimensionless (:mod:`autoloss.units`), or say why it is not
+by design: ``not_invariant = "normalised by a fixed image size"``. Every problem is
+reported with the file, the entry and the field.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from .errors import CatalogError, ExpressionError, UnknownNameError, did_you_mea
 from .expr import Expr, Param
 from .parse import Macro, parse
 from .signatures import SIGNATURES
+from .units import NAMED as UNIT_NAMES
+from .units import Dim
 
 PROPERTIES = {
     "nonnegative": "L >= 0 for every valid input",
@@ -49,7 +54,7 @@ KINDS = {"E": "elementwise", "B": "batch-level state", "S": "set-level"}
 _ENTRY_FIELDS = {
     "title": True, "paper": True, "section": True, "signature": True, "expression": True,
     "params": False, "let": False, "properties": False, "reference": False, "notes": False,
-    "kind": False,
+    "kind": False, "not_invariant": False,
 }
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _MACRO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
@@ -89,6 +94,18 @@ class LossSpec:
     notes: str = ""
     kind: str = "E"
     file: str = ""
+    #: why a loss of a signature with units is not scale and translation invariant by
+    #: design (empty: it is, and the unit check holds)
+    not_invariant: str = ""
+    #: parameters with a physical dimension (``img_w``: a length)
+    param_units: dict[str, Dim] = field(default_factory=dict)
+
+    @property
+    def invariant(self) -> Optional[bool]:
+        """Scale and translation invariant (None: the signature's inputs have no units)."""
+        if not SIGNATURES[self.signature].has_units:
+            return None
+        return not self.not_invariant
 
     @property
     def defaults(self) -> dict[str, float]:
@@ -218,7 +235,7 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
         if required and fld not in body:
             fail(fld, "is required")
     for fld in ("title", "paper", "section", "signature", "expression", "reference", "notes",
-                "kind"):
+                "kind", "not_invariant"):
         if fld in body and not isinstance(body[fld], str):
             fail(fld, f"must be a string, got {type(body[fld]).__name__}")
     if body["section"] not in subsections:
@@ -243,8 +260,14 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     raw = body.get("params", {})
     if not isinstance(raw, dict):
         fail("params", "must be a table of name = { default = ..., range = [lo, hi] }")
+    param_units: dict[str, Dim] = {}
     for pname, spec in raw.items():
         own[pname] = _param(where, pname, spec, signature)
+        if isinstance(spec, dict) and "unit" in spec:
+            if spec["unit"] not in UNIT_NAMES:
+                fail(f"params.{pname}", f"unknown unit {spec['unit']!r}; use one of "
+                                        f"{', '.join(UNIT_NAMES)}")
+            param_units[pname] = UNIT_NAMES[spec["unit"]]
     params.update(own)
 
     macros: dict[str, Macro] = {}
@@ -288,12 +311,22 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     for pname in own:
         if pname not in used:
             fail("params", f"parameter {pname!r} is declared but the expression does not use it")
+    not_invariant = body.get("not_invariant", "")
+    if signature.has_units and not not_invariant:
+        problem = signature.unit_error(expression, param_units)
+        if problem:
+            fail("expression", f"{problem}. A {signature.name!r} loss must be dimensionless "
+                               "(unchanged when the image is scaled or shifted); fix the "
+                               "expression, or say why it is not with not_invariant = \"...\"")
+    if not_invariant and not signature.has_units:
+        fail("not_invariant", f"the {signature.name!r} signature has no units: drop the field")
     return LossSpec(
         id=loss_id, title=body["title"], paper=body["paper"], section=body["section"],
         signature=signature.name, expression=expression, text=body["expression"],
         let=tuple(let_items), params={k: v for k, v in params.items() if k in used},
         properties=tuple(props), reference=body.get("reference", ""),
         notes=body.get("notes", ""), kind=kind, file=name, display=tuple(display),
+        not_invariant=not_invariant, param_units=param_units,
     )
 
 
@@ -316,10 +349,10 @@ def _param(where: str, name: str, spec, signature) -> Param:
     if not isinstance(spec, dict):
         raise CatalogError(f"{where} field {fld!r}: must be a number or a table "
                            "{ default = ..., range = [lo, hi], log = false }")
-    extra = set(spec) - {"default", "range", "log", "doc"}
+    extra = set(spec) - {"default", "range", "log", "doc", "unit"}
     if extra:
         raise CatalogError(f"{where} field {fld!r}: unknown key(s) {sorted(extra)}; "
-                           "allowed: default, range, log, doc")
+                           "allowed: default, range, log, doc, unit")
     default = spec.get("default")
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         raise CatalogError(f"{where} field {fld!r}: 'default' must be a number")

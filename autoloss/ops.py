@@ -27,6 +27,8 @@ GradRule = Callable[[Sequence["object"], "object", "object"], Sequence[Optional[
 
 #: tiny positive number used by guarded (search-mode) ops
 TINY = 1e-12
+#: the unit rules of :mod:`autoloss.units` (kept here: ops must not import units)
+UNIT_RULES = ("sum", "same", "product", "power", "root", "keep", "pure", "select", "sign")
 #: exp() arguments are clamped here in search mode (as CSE-Autoloss does at 88 for float32)
 EXP_MAX = 80.0
 
@@ -48,6 +50,8 @@ class Op:
     sample: tuple = ()  # (lo, hi) per argument for the registry's torch-vs-sympy test
     out: Optional[str] = None  # torch function taking out= (evaluators reuse dead buffers)
     tensor_args: bool = False  # the torch form takes tensors only (numbers are broadcast)
+    #: how physical dimensions pass through it (a rule of :mod:`autoloss.units`)
+    units: str = "pure"
     fn: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -74,6 +78,8 @@ def _register(op: Op) -> None:
         raise RuntimeError(f"primitive {op.name!r} registered twice")
     if len(op.sample) not in (0, op.arity):
         raise RuntimeError(f"primitive {op.name!r}: sample needs one range per argument")
+    if op.units not in UNIT_RULES:
+        raise RuntimeError(f"primitive {op.name!r}: unknown unit rule {op.units!r}")
     REGISTRY[op.name] = op
     if op.infix:
         INFIX[op.infix] = op.name
@@ -305,19 +311,19 @@ _ANY = (-3.0, 3.0)
 
 # Arithmetic ------------------------------------------------------------------------
 _register(Op("add", 2, "({0} + {1})", lambda s, a, b: a + b, _g_add, "a + b",
-             math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY), out="add"))
+             math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY), out="add", units="sum"))
 _register(Op("sub", 2, "({0} - {1})", lambda s, a, b: a - b, _g_sub, "a - b",
-             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY), out="sub"))
+             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY), out="sub", units="sum"))
 _register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
-             math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul"))
+             math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul", units="product"))
 _register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
              math="({0} / {1})", infix="/", precedence=3,
-             guard=lambda a, b: _safe_div(a, b), sample=(_ANY, _POS), out="div"))
+             guard=lambda a, b: _safe_div(a, b), sample=(_ANY, _POS), out="div", units="product"))
 _register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
              math="({0} ** {1})", infix="**", precedence=5, guard=_guard_pow,
-             sample=(_POS, (-2.0, 3.0)), out="pow"))
+             sample=(_POS, (-2.0, 3.0)), out="pow", units="power"))
 _register(Op("neg", 1, "(-{0})", lambda s, a: -a, _g_neg, "-a",
-             math="(-{0})", precedence=4, sample=(_ANY,), out="neg"))
+             math="(-{0})", precedence=4, sample=(_ANY,), out="neg", units="keep"))
 
 # Elementary functions ----------------------------------------------------------------
 _register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a",
@@ -332,12 +338,12 @@ _register(Op("log1p", 1, "torch.log1p({0})", lambda s, a: s.log(1 + a), _g_log1p
              guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),), out="log1p"))
 _register(Op("sqrt", 1, "torch.sqrt({0})", lambda s, a: s.sqrt(a), _g_sqrt, "square root",
              math="math.sqrt({0})",
-             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,), out="sqrt"))
+             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,), out="sqrt", units="root"))
 _register(Op("abs", 1, "torch.abs({0})", lambda s, a: s.Abs(a), _g_abs, "absolute value",
-             math="abs({0})", sample=(_ANY,), out="abs"))
+             math="abs({0})", sample=(_ANY,), out="abs", units="keep"))
 _register(Op("sign", 1, "torch.sign({0})", lambda s, a: s.sign(a), None,
              "sign (-1, 0 or 1), no gradient", math="float(({0} > 0) - ({0} < 0))",
-             sample=(_ANY,), out="sign"))
+             sample=(_ANY,), out="sign", units="sign"))
 _register(Op("sigmoid", 1, "torch.sigmoid({0})", lambda s, a: s.sigmoid(a), _g_sigmoid,
              "logistic function 1 / (1 + e ** -a)",
              math="(1.0 / (1.0 + math.exp(-({0}))))", sample=(_ANY,), out="sigmoid"))
@@ -355,7 +361,7 @@ _register(Op("bce_logits", 2,
              math="(max({0}, 0.0) - {0} * {1} + math.log1p(math.exp(-abs({0}))))",
              sample=(_ANY, (0.0, 1.0)), tensor_args=True))
 _register(Op("relu", 1, "torch.relu({0})", lambda s, a: s.Max(a, 0), _g_relu,
-             "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,)))
+             "max(a, 0) with zero gradient at 0", math="max({0}, 0.0)", sample=(_ANY,), units="keep"))
 _register(Op("tanh", 1, "torch.tanh({0})", lambda s, a: s.tanh(a), _g_tanh,
              "hyperbolic tangent", math="math.tanh({0})", sample=(_ANY,), out="tanh"))
 _register(Op("atan", 1, "torch.atan({0})", lambda s, a: s.atan(a), _g_atan, "arc tangent",
@@ -374,18 +380,18 @@ _register(Op("erf", 1, "torch.erf({0})", lambda s, a: s.erf(a), _g_erf, "error f
 # Piecewise ---------------------------------------------------------------------------
 _register(Op("min", 2, "torch.minimum({0}, {1})", lambda s, a, b: s.Min(a, b), _g_min,
              "elementwise minimum (gradient split on ties, as torch)",
-             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="minimum"))
+             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="minimum", units="same"))
 _register(Op("max", 2, "torch.maximum({0}, {1})", lambda s, a, b: s.Max(a, b), _g_max,
              "elementwise maximum (gradient split on ties, as torch)",
-             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="maximum"))
+             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="maximum", units="same"))
 _register(Op("clamp", 3, "torch.clamp({0}, {1}, {2})",
              lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi), _g_clamp,
              "clamp(x, lo, hi); use inf for an open side",
-             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0)), out="clamp"))
+             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0)), out="clamp", units="same"))
 _register(Op("where", 3, "torch.where({0} != 0, {1}, {2})",
              lambda s, c, a, b: s.Piecewise((a, s.Ne(c, 0)), (b, True)), _g_where,
              "where(cond, a, b): a where cond is non-zero, else b",
-             math="({1} if {0} else {2})", sample=((0.0, 1.0), _ANY, _ANY)))
+             math="({1} if {0} else {2})", sample=((0.0, 1.0), _ANY, _ANY), units="select"))
 
 # Comparisons (1.0 or 0.0, no gradient) ------------------------------------------------
 for _name, _sym, _rel in (
@@ -397,12 +403,12 @@ for _name, _sym, _rel in (
     _register(Op(_name, 2, f"({{0}} {_sym} {{1}})", _sym_cmp(_rel), None,
                  f"1 where a {_sym} b else 0 (no gradient)",
                  math=f"float({{0}} {_sym} {{1}})", infix=_sym, precedence=1,
-                 comparison=True, sample=(_ANY, _ANY)))
+                 comparison=True, sample=(_ANY, _ANY), units="same"))
 
 # Gradient control -----------------------------------------------------------------------
 _register(Op("stop_grad", 1, "({0}).detach()", lambda s, a: s.stop_grad(a), None,
              "identity in value, blocks the gradient (torch .detach())",
-             math="{0}", sample=(_ANY,)))
+             math="{0}", sample=(_ANY,), units="keep"))
 
 #: the ops whose torch form returns a bool tensor
 BOOL_OPS = frozenset(n for n, op in REGISTRY.items() if op.comparison)

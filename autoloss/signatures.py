@@ -26,9 +26,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import units as _units
 from .errors import SignatureError, UnknownNameError, did_you_mean
 from .expr import Expr, Param
 from .parse import parse
+from .units import Dim
 
 Tensor = torch.Tensor
 
@@ -84,6 +86,14 @@ class Signature:
     sample: Callable[..., tuple]
     #: inputs at the edges of the domain (identical, disjoint, nested boxes; saturated logits)
     degenerate: Callable[..., tuple] = lambda dtype=torch.float64: ()
+    #: physical dimensions of the columns and parameters (others are dimensionless); the
+    #: terminals' are inferred from their definitions
+    units: dict[str, Dim] = field(default_factory=dict)
+    #: what the loss must be (a box loss: dimensionless, unchanged when the image is scaled)
+    loss_unit: Dim = _units.DIMENSIONLESS
+    #: (inputs..., s, shift) -> the inputs scaled by s and translated (the numeric unit
+    #: probe); None where no input has a length
+    rescale: Optional[Callable[..., tuple]] = None
 
     @property
     def definitions(self) -> dict[str, Expr]:
@@ -95,6 +105,31 @@ class Signature:
         count = 1 + max(b for b, _ in self.grad_slots)
         return tuple(tuple(k for k, (b, _) in enumerate(self.grad_slots) if b == buffer)
                      for buffer in range(count))
+
+    @functools.cached_property
+    def dims(self) -> dict[str, Dim]:
+        """The dimension of every column and terminal (inferred through the definitions)."""
+        out = {n: self.units.get(n, _units.DIMENSIONLESS) for n in self.columns}
+        memo: dict = {}
+        for name, t in self.terminals.items():
+            if t.definition is not None:
+                out[name] = _units.infer(t.definition, out, self.param_units, memo)
+        return out
+
+    @property
+    def param_units(self) -> dict[str, Dim]:
+        return {n: self.units[n] for n in self.params if n in self.units}
+
+    @property
+    def has_units(self) -> bool:
+        """Whether any input has a dimension (a unit check can fail)."""
+        return self.rescale is not None
+
+    def unit_error(self, expression: Expr, params: Optional[dict[str, Dim]] = None
+                   ) -> Optional[str]:
+        """Why ``expression`` is not a well-dimensioned loss of this signature, or None."""
+        return _units.check(expression, self.dims, {**self.param_units, **(params or {})},
+                           self.loss_unit)
 
     @property
     def names(self) -> list[str]:
@@ -236,6 +271,11 @@ def _degenerate_boxes(dtype=torch.float64):
     return p, t
 
 
+def _rescale_boxes(pred: Tensor, target: Tensor, s: float, shift: float):
+    offset = torch.tensor([shift, -0.6 * shift, shift, -0.6 * shift], dtype=pred.dtype)
+    return pred * s + offset, target * s + offset
+
+
 BOX = Signature(
     name="box",
     doc="Axis-aligned boxes (x1, y1, x2, y2) in absolute coordinates; one loss per box pair.",
@@ -251,6 +291,8 @@ BOX = Signature(
     grad_slots=((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)),
     sample=_sample_boxes,
     degenerate=_degenerate_boxes,
+    units={**{c: _units.POSITION for c in _BOX_COLUMNS}, "eps": _units.FREE},
+    rescale=_rescale_boxes,
 )
 
 

@@ -1,0 +1,289 @@
+"""Physical dimensions of expressions: a box loss must not change when the image is scaled
+or shifted.
+
+Every name an expression may use has a dimension: a signature declares its columns' (the
+box coordinates are *positions*) and its parameters' (``eps`` is *free*: a regulariser that
+takes the dimension of whatever it is added to); the terminals' dimensions are inferred
+from their definitions (``pw = px2 - px1`` is a length, ``inter = iw * ih`` an area,
+``iou`` is dimensionless). Inference then runs through any expression with one rule per
+primitive, declared in the op registry (``Op.units``):
+
+======== ==================================================================================
+rule     meaning
+======== ==================================================================================
+sum      ``a + b``, ``a - b``: equal lengths; positions add as weights (a difference of two
+         positions is a length, their mean a position)
+same     ``min max clamp``, comparisons: equal dimensions
+product  ``a * b``, ``a / b``: length exponents add (subtract); a position may only be
+         multiplied or divided by a number (``(px1 + px2) / 2``)
+power    ``a ** k``: dimensionless ``k``; a dimensioned base needs a constant ``k``
+root     ``sqrt``: half the length exponent
+keep     ``-a``, ``stop_grad``: unchanged; ``abs relu``: unchanged, but not of a position
+pure     ``exp log sigmoid tanh ...``: dimensionless arguments, dimensionless result
+select   ``where(c, a, b)``: ``a`` and ``b`` equal, ``c`` well-formed
+sign     ``sign(a)``: any length, dimensionless result
+======== ==================================================================================
+
+A position enters a well-formed loss only through differences (translation invariance);
+numbers are dimensionless except 0 and inf, which are free like ``eps``. A signature says
+what its loss must be (dimensionless for ``box``). Scale invariance then follows from
+dimensional homogeneity, up to ``eps``; :func:`scale_probe` is the numeric check that backs
+the symbolic one (values unchanged, gradients scaled by 1/s, for boxes scaled by s in
+{1e-2, 1, 1e2, 1e3} and translated).
+
+The search builds only well-dimensioned candidates (:mod:`autoloss.search.operators`
+generates subtrees of a required dimension) and its filters reject any that still arrive
+with :func:`check`'s reason, which names the offending subexpression.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from . import expr as E
+from . import ops
+from .errors import AutolossError
+from .expr import Call, Const, Expr, Param, Var
+
+
+class DimensionError(AutolossError, ValueError):
+    """An expression that mixes dimensions (names the offending subexpression)."""
+
+    def __init__(self, message: str, node: Optional[Expr] = None):
+        super().__init__(message)
+        self.node = node
+
+
+@dataclass(frozen=True)
+class Dim:
+    """``length ** power``; ``weight`` is 1 for a position, 0 for anything translation
+    invariant (a weighted sum of positions has the sum of the weights); ``free`` marks a
+    quantity that takes any dimension (0, inf, ``eps``)."""
+
+    power: Fraction = Fraction(0)
+    weight: Fraction = Fraction(0)
+    free: bool = False
+
+    @property
+    def dimensionless(self) -> bool:
+        return self.free or (self.power == 0 and self.weight == 0)
+
+    def __str__(self) -> str:
+        if self.free:
+            return "free"
+        if self.weight:
+            return "position" if self.weight == 1 else f"weighted position (weight {self.weight})"
+        names = {0: "dimensionless", 1: "length", 2: "area", -1: "1/length", -2: "1/area"}
+        return names.get(self.power, f"length^{self.power}")
+
+
+DIMENSIONLESS = Dim()
+LENGTH = Dim(Fraction(1))
+AREA = Dim(Fraction(2))
+POSITION = Dim(Fraction(1), Fraction(1))
+FREE = Dim(free=True)
+
+#: the spellings a catalog or signature may use for a parameter's unit
+NAMED = {"dimensionless": DIMENSIONLESS, "length": LENGTH, "area": AREA, "position": POSITION,
+         "free": FREE}
+
+#: the rule of every primitive (``Op.units`` in the registry names one of these)
+RULES = ops.UNIT_RULES
+
+
+def length(power) -> Dim:
+    return Dim(Fraction(power))
+
+
+# --------------------------------------------------------------------------- inference
+def infer(root: Expr, names: Mapping[str, Dim], params: Optional[Mapping[str, Dim]] = None,
+          memo: Optional[dict] = None) -> Dim:
+    """The dimension of ``root``; raises :class:`DimensionError` naming the first
+    ill-formed subexpression. ``names``: variables' dimensions (unknown ones are
+    dimensionless); ``params``: parameters' (default dimensionless); ``memo`` caches the
+    dimension of every node (pass a dict to read them back)."""
+    dims: dict[Expr, Dim] = {} if memo is None else memo
+    params = params or {}
+    for node in E.postorder(root, dims):
+        if node in dims:
+            continue
+        if type(node) is Var:
+            dims[node] = names.get(node.name, DIMENSIONLESS)
+        elif type(node) is Param:
+            dims[node] = params.get(node.name, DIMENSIONLESS)
+        elif type(node) is Const:
+            dims[node] = FREE if node.value == 0 or math.isinf(node.value) else DIMENSIONLESS
+        else:
+            dims[node] = _apply(node, [dims[a] for a in node.args])
+    return dims[root]
+
+
+def _a(d: Dim) -> str:
+    """``d`` with its article: 'an area', 'a length'."""
+    text = str(d)
+    return ("an " if text[0] in "aeiou" else "a ") + text
+
+
+def _fail(node: Call, problem: str):
+    raise DimensionError(f"`{_text(node)}` {problem}", node)
+
+
+def _text(node: Expr, limit: int = 90) -> str:
+    text = E.to_infix(node)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _unify(node: Call, args: Sequence[Expr], dims: Sequence[Dim], what: str) -> Dim:
+    pairs = [(a, d) for a, d in zip(args, dims) if not d.free]
+    for a, d in pairs[1:]:
+        if d != pairs[0][1]:
+            _fail(node, f"{what} {_a(pairs[0][1])} (`{_text(pairs[0][0], 40)}`) and {_a(d)} "
+                        f"(`{_text(a, 40)}`)")
+    return pairs[0][1] if pairs else FREE
+
+
+def _invariant(node: Call, d: Dim, what: str) -> None:
+    if not d.free and d.weight:
+        _fail(node, f"{what} a position (`{_text(node.args[0], 40)}`): it changes when the "
+                    "image is shifted; use a difference of positions")
+
+
+def _apply(node: Call, dims: list[Dim]) -> Dim:
+    rule = ops.get(node.op).units
+    if rule == "pure":
+        for a, d in zip(node.args, dims):
+            if not d.dimensionless:
+                _fail(node, f"needs a dimensionless argument, but `{_text(a, 50)}` is {_a(d)}")
+        return DIMENSIONLESS
+    if rule == "sum":
+        a, b = dims
+        if a.free or b.free:
+            return b if a.free else a
+        if a.power != b.power:
+            _fail(node, f"{'adds' if node.op == 'add' else 'subtracts'} {_a(b)} "
+                        f"(`{_text(node.args[1], 40)}`) {'to' if node.op == 'add' else 'from'} "
+                        f"{_a(a)} (`{_text(node.args[0], 40)}`)")
+        weight = a.weight + b.weight if node.op == "add" else a.weight - b.weight
+        return Dim(a.power, weight)
+    if rule == "same":
+        d = _unify(node, node.args, dims, "compares" if ops.get(node.op).comparison else "mixes")
+        return DIMENSIONLESS if ops.get(node.op).comparison else d
+    if rule == "select":
+        return _unify(node, node.args[1:], dims[1:], "selects between")
+    if rule == "keep":
+        (d,) = dims
+        if node.op in ("neg",):
+            return Dim(d.power, -d.weight, d.free)
+        if node.op in ("abs", "relu"):
+            _invariant(node, d, "takes the absolute value or sign of")
+        return d
+    if rule == "sign":
+        (d,) = dims
+        _invariant(node, d, "takes the sign of")
+        return DIMENSIONLESS
+    if rule == "root":
+        (d,) = dims
+        _invariant(node, d, "takes the square root of")
+        return d if d.free else Dim(d.power / 2)
+    if rule == "product":
+        a, b = dims
+        x, y = node.args
+        if a.free or b.free:
+            return FREE
+        if node.op == "mul":
+            if a.weight or b.weight:
+                scale = _number(y) if a.weight else _number(x)
+                if (a.weight and b.weight) or scale is None:
+                    _fail(node, "multiplies a position by something other than a number: it "
+                                "changes when the image is shifted")
+                return Dim(a.power + b.power, (a.weight or b.weight) * scale)
+            return Dim(a.power + b.power)
+        if b.weight:
+            _fail(node, f"divides by a position (`{_text(y, 40)}`): it changes when the image "
+                        "is shifted")
+        if a.weight:
+            scale = _number(y)
+            if scale is None or scale == 0:
+                _fail(node, "divides a position by something other than a number: it changes "
+                            "when the image is shifted")
+            return Dim(a.power - b.power, a.weight / scale)
+        return Dim(a.power - b.power)
+    if rule == "power":
+        base, ex = dims
+        if not ex.dimensionless:
+            _fail(node, f"raises to {_a(ex)} (`{_text(node.args[1], 40)}`): exponents must be "
+                        "dimensionless")
+        _invariant(node, base, "raises to a power")
+        if base.free or base.power == 0:
+            return base
+        k = _number(node.args[1])
+        if k is None:
+            _fail(node, f"raises {_a(base)} to a non-constant power: the result has no fixed "
+                        "dimension")
+        return Dim(base.power * k)
+    raise AssertionError(f"primitive {node.op!r} has no unit rule")  # the registry test
+
+
+def _number(node: Expr) -> Optional[Fraction]:
+    """A constant's value as a fraction (positions may be scaled by numbers only)."""
+    if type(node) is Const and math.isfinite(node.value):
+        return Fraction(node.value).limit_denominator(1000)
+    if type(node) is Call and node.op == "neg":
+        inner = _number(node.args[0])
+        return None if inner is None else -inner
+    return None
+
+
+def check(root: Expr, names: Mapping[str, Dim], params: Optional[Mapping[str, Dim]] = None,
+          want: Dim = DIMENSIONLESS) -> Optional[str]:
+    """Why ``root`` is not a well-formed quantity of dimension ``want``, or None."""
+    try:
+        got = infer(root, names, params)
+    except DimensionError as err:
+        return str(err)
+    if not got.free and got != want:
+        return (f"the loss is {_a(got)}, but it must be {want}: it would change when the image "
+                "is scaled" + (" or shifted" if got.weight else ""))
+    return None
+
+
+# ----------------------------------------------------------------------- numeric probe
+SCALES = (1e-2, 1.0, 1e2, 1e3)
+
+
+def scale_probe(inputs: Sequence[torch.Tensor], rescale, scales: Sequence[float] = SCALES,
+                shift: float = 37.0) -> tuple[tuple[torch.Tensor, ...], list[float]]:
+    """The probe inputs at every scale, stacked by rows (block k is scale ``scales[k]``,
+    translated by ``shift * scales[k]``): one batch for a row-wise evaluator."""
+    blocks = [rescale(*inputs, s, shift * s * (1 + k)) for k, s in enumerate(scales)]
+    return tuple(torch.cat(parts) for parts in zip(*blocks)), list(scales)
+
+
+def compare_scales(value: torch.Tensor, grads: Mapping[str, torch.Tensor],
+                   scales: Sequence[float], rtol: float = 1e-4) -> Optional[str]:
+    """Why a loss evaluated on :func:`scale_probe`'s blocks is not scale and translation
+    invariant (values equal, gradients times the scale equal), or None."""
+    k = len(scales)
+    ref_index = list(scales).index(1.0)
+    v = value.detach().double().reshape(k, -1)
+    ref = v[ref_index]
+    tol = rtol * ref.abs() + 1e-9 * (1 + float(ref.abs().max()))
+    for s, row in zip(scales, v):
+        bad = (row - ref).abs() > tol
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            return (f"not scale invariant: for boxes scaled by {s:g} (and shifted) the loss is "
+                    f"{float(row[i]):.6g} instead of {float(ref[i]):.6g}")
+    for name, g in grads.items():
+        g = g.detach().double().reshape(k, v.shape[1], -1)
+        ref_g = g[ref_index]
+        gtol = 1e-3 * ref_g.abs() + 1e-6 * (float(ref_g.abs().max()) + 1e-12)
+        for s, row in zip(scales, g):
+            if ((row * s - ref_g).abs() > gtol).any():
+                return (f"not scale invariant: for boxes scaled by {s:g} the gradient "
+                        f"d/d{name} is not 1/{s:g} times the unscaled one")
+    return None
