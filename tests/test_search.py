@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoloss import catalog
+from autoloss import catalog, units
 from autoloss import expr as E
 from autoloss.search import Search, space as spaces
 from autoloss.search.candidate import Candidate
@@ -122,7 +122,7 @@ def test_operators_keep_trees_valid_and_within_limits(seed):
         assert GRAMMAR.fits(tree)
         assert E.variables(tree) <= {"iou", "rho2", "enclose", "union"}
         assert E.ops_used(tree) <= set(GRAMMAR.primitives)
-    assert kind in ("subtree", "point", "insert", "delete", "constant")
+    assert kind in ("subtree", "point", "insert", "delete", "constant", "none")
 
 
 def test_operators_recombine_zoo_losses_deterministically():
@@ -151,19 +151,22 @@ def box_expr(text):
 def test_filters_accept_the_zoo_and_explain_rejections():
     bank = FilterBank({"reg": "box"})
     texts = ["1 - iou", "2 + 0 * iou", "log(iou - 2)", "iou", "1 - iou + rho2 / (diag2 + eps)",
-             "(1 - iou) + 0", "tw * th"]
+             "(1 - iou) + 0", "tw / th", "tw * th"]
     verdicts = bank.check([Candidate({"reg": box_expr(t)}) for t in texts])
     by = {t: v for t, v in zip(texts, verdicts)}
     assert by["1 - iou"].ok and by["1 - iou + rho2 / (diag2 + eps)"].ok
     assert by["2 + 0 * iou"].filter in ("finite", "convergence")
     assert by["iou"].filter == "convergence" and "rises" in by["iou"].reason
     assert by["(1 - iou) + 0"].filter == "duplicate"
-    assert by["tw * th"].filter == "finite" and "zero gradient" in by["tw * th"].reason
+    assert by["tw / th"].filter == "finite" and "zero gradient" in by["tw / th"].reason
+    assert by["tw * th"].filter == "units" and "an area" in by["tw * th"].reason
     assert all(v.reason for v in verdicts if not v.ok)
     zoo_box = [s for s in catalog.of_signature("box")]
     zv = bank.check([Candidate({"reg": s.expression}) for s in zoo_box])
-    rejected = {s.id: v.reason for s, v in zip(zoo_box, zv) if not v.ok}
-    assert set(rejected) <= {"focal_eiou"}  # IoU^gamma weighting: not monotone in IoU
+    rejected = {s.id: v for s, v in zip(zoo_box, zv) if not v.ok}
+    by_design = {s.id for s in zoo_box if not s.invariant}  # pixel constants, image size
+    assert by_design and all(rejected[i].filter == "units" for i in by_design)
+    assert set(rejected) - by_design <= {"focal_eiou"}  # IoU^gamma weighting: not monotone
 
 
 def test_ops_undefined_on_their_constants_are_rejected_not_guarded():
@@ -362,11 +365,13 @@ def test_filter_probes_run_jointly_where_shapes_allow_and_agree_with_separate_ru
 
     g = torch.Generator().manual_seed(0)
     rand, edge = BOX.sample(16, g, dtype=torch.float64), BOX.degenerate(torch.float64)
-    probes = _Probes(BOX, rand, edge)
+    scaled = units.scale_probe(BOX.rescale(*BOX.sample(8, g, dtype=torch.float64), 10.0, 0.0),
+                               BOX.rescale)
+    probes = _Probes(BOX, rand, edge, scaled)
     assert probes.joint is not None
     exprs = [c.expression for c in catalog.of_signature("box")]
-    _, r_joint, e_joint = probes.evaluate(exprs)
-    for inputs, joint in ((rand, r_joint), (edge, e_joint)):
+    _, r_joint, e_joint, s_joint = probes.evaluate(exprs)
+    for inputs, joint in ((rand, r_joint), (edge, e_joint), (scaled[0], s_joint)):
         alone = PopulationEvaluator(BOX, inputs, mode="search").evaluate(exprs, grad=True)
         for a, b in zip(joint, alone):
             torch.testing.assert_close(a.value, b.value, rtol=1e-12, atol=0)

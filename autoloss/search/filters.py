@@ -4,13 +4,17 @@ In order, for a batch of candidates (scored together by the population evaluator
 
 1. ``duplicate``: the canonical hash was seen -> reuse that trial's result;
 2. ``compiles``: unknown names, bad structure -> rejected;
-3. ``finite``: an op applied to constants that is undefined whatever its other arguments
+3. ``units`` (:mod:`autoloss.units`): the expression must have the dimension the
+   signature asks for (a box loss: dimensionless) -> rejected naming the offending
+   subexpression; the numeric probe backs it: values unchanged and gradients scaled by 1/s
+   for boxes scaled by s in {1e-2, 1, 1e2, 1e3} and shifted;
+4. ``finite``: an op applied to constants that is undefined whatever its other arguments
    (``x / 0``, ``log(0)``: search-mode guards would hide it) -> rejected; values and
    gradients on random and degenerate probe inputs -> rejected if NaN/inf or if the
    gradient is zero everywhere (a loss that cannot train);
-4. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
+5. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
    (IoU -> 1, p -> y) the loss must decrease on average and be minimal at the target;
-5. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
+6. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
    candidate -> reuse its result. On proxies trained with plain gradient steps (boxsim) a
    loss and a multiple of it train differently, so there the gradient norm is part of
    the fingerprint; on Adam-trained proxies (scale-invariant) it is not.
@@ -25,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .. import canon, ops
+from .. import canon, ops, units
 from .. import expr as E
 from ..expr import Call, Const
 from ..population import Failure, PopulationEvaluator, Result
@@ -134,8 +138,12 @@ class FilterBank:
         self.probes, self.convergence = {}, {}
         for slot, name in self.signatures.items():
             sig = SIGNATURES[name]
+            scaled = None
+            if sig.has_units:  # pixel-sized boxes, then scaled and shifted
+                base = sig.rescale(*sig.sample(32, g, dtype=torch.float64), 10.0, 0.0)
+                scaled = units.scale_probe(base, sig.rescale)
             self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
-                                        sig.degenerate(torch.float64))
+                                        sig.degenerate(torch.float64), scaled)
             self.convergence[slot] = PopulationEvaluator(sig, convergence_inputs(name, seed=seed),
                                                          mode="search")
         self.seen_keys: dict[str, int] = {}
@@ -165,21 +173,24 @@ class FilterBank:
                 batch_keys[key] = i
                 todo.append(i)
         for i in list(todo):
+            verdict = self._dimensions(candidates[i])
             reason = next((r for e in candidates[i].slots.values()
                            for r in [undefined_constant_op(e)] if r), None)
-            if reason is not None:
-                verdicts[i] = Verdict(False, "finite", reason)
+            if verdict is None and reason is not None:
+                verdict = Verdict(False, "finite", reason)
+            if verdict is not None:
+                verdicts[i] = verdict
                 todo.remove(i)
         prints = {i: [] for i in todo}
         for slot in self.signatures:
-            graphs, rand, edge = self.probes[slot].evaluate([candidates[i].slots[slot]
-                                                             for i in todo])
+            graphs, rand, edge, scaled = self.probes[slot].evaluate(
+                [candidates[i].slots[slot] for i in todo])
             conv = self.convergence[slot].evaluate_graphs(graphs)
-            for i, r, e, c in zip(todo, rand, edge, conv):
+            for i, r, e, u, c in zip(todo, rand, edge, scaled, conv):
                 if verdicts[i] is not None:
                     continue
                 verdicts[i] = (self._compiles(r) or self._finite(r, e, slot)
-                               or self._converges(c, slot))
+                               or self._invariant(u, slot) or self._converges(c, slot))
                 if verdicts[i] is None:
                     prints[i].append(self._fingerprint(r))
         for i in todo:
@@ -193,6 +204,21 @@ class FilterBank:
             else:
                 verdicts[i] = Verdict(True, fingerprint=fp)
         return verdicts  # type: ignore[return-value]
+
+    def _dimensions(self, candidate: Candidate) -> Optional[Verdict]:
+        for slot, name in self.signatures.items():
+            problem = SIGNATURES[name].unit_error(candidate.slots[slot])
+            if problem:
+                return Verdict(False, "units", f"{problem} (slot {slot!r})")
+        return None
+
+    def _invariant(self, u, slot: str) -> Optional[Verdict]:
+        if u is None:
+            return None
+        if isinstance(u, Failure):
+            return Verdict(False, "compiles", u.reason)
+        problem = units.compare_scales(u.value, u.grads, units.SCALES)
+        return Verdict(False, "units", f"{problem} (slot {slot!r})") if problem else None
 
     @staticmethod
     def _compiles(r) -> Optional[Verdict]:
@@ -258,37 +284,46 @@ class FilterBank:
 
 
 class _Probes:
-    """Random probes and degenerate inputs of one slot, values and gradients.
+    """Random probes, degenerate inputs and (for signatures with units) the scaled and
+    shifted copies of the unit probe of one slot, values and gradients.
 
-    Where their shapes agree beyond the rows (box, coord) both sets run as one batch, one
-    sweep over the population instead of two (the sweeps of small probe sets cost the
+    Where their shapes agree beyond the rows (box, coord) the sets run as one batch, one
+    sweep over the population instead of several (the sweeps of small probe sets cost the
     Python overhead per op, not arithmetic); the losses are row-wise, so each candidate's
     result is split back by rows.
     """
 
-    def __init__(self, sig, random_inputs, degenerate_inputs):
-        self.rows = len(random_inputs[0])
+    def __init__(self, sig, random_inputs, degenerate_inputs, scaled=None):
+        groups = [random_inputs, degenerate_inputs] + ([scaled[0]] if scaled else [])
+        bounds = [0]
+        for inputs in groups:
+            bounds.append(bounds[-1] + len(inputs[0]))
+        self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        self.scaled = scaled is not None
         joinable = all((a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
-                       for a, b in zip(random_inputs, degenerate_inputs))
+                       for group in groups[1:] for a, b in zip(groups[0], group))
         if joinable:
-            joint = tuple(None if a is None else torch.cat([a, b])
-                          for a, b in zip(random_inputs, degenerate_inputs))
+            joint = tuple(None if parts[0] is None else torch.cat(parts)
+                          for parts in zip(*groups))
             self.joint = PopulationEvaluator(sig, joint, mode="search")
         else:
+            if scaled is not None:
+                raise ValueError(f"the {sig.name!r} signature's unit probe needs row-wise inputs")
             self.joint = None
             self.random = PopulationEvaluator(sig, random_inputs, mode="search")
             self.edges = PopulationEvaluator(sig, degenerate_inputs, mode="search")
 
     def evaluate(self, expressions):
-        """(graphs, results on the random probes, results on the degenerate inputs)."""
+        """(graphs, results on the random probes, on the degenerate inputs, on the scaled
+        copies of the unit probe or Nones)."""
         if self.joint is None:
             graphs = self.random.graphs(expressions)
             return (graphs, self.random.evaluate_graphs(graphs, grad=True),
-                    self.edges.evaluate_graphs(graphs, grad=True))
+                    self.edges.evaluate_graphs(graphs, grad=True), [None] * len(graphs))
         graphs = self.joint.graphs(expressions)
         both = self.joint.evaluate_graphs(graphs, grad=True)
-        return graphs, [self._rows(r, slice(None, self.rows)) for r in both], \
-            [self._rows(r, slice(self.rows, None)) for r in both]
+        parts = [[self._rows(r, rows) for r in both] for rows in self.slices]
+        return graphs, parts[0], parts[1], parts[2] if self.scaled else [None] * len(graphs)
 
     @staticmethod
     def _rows(r, rows: slice):

@@ -5,68 +5,189 @@ by arity counting, crossover is a slice swap. New material only uses the slot's 
 (its primitives, terminals and constants); nodes inherited from a zoo seed are kept as
 they are. Every operator returns a tree within the slot's depth and node limits, or falls
 back to a smaller edit.
+
+The grammar is strongly typed by physical dimension (:mod:`autoloss.units`): a new
+subtree is grown for the dimension its place needs (a box loss is dimensionless, so
+``exp`` gets a dimensionless argument and ``rho2`` is divided by an area), crossover swaps
+subtrees of equal dimension, and every edit is checked, so no search budget goes to a
+candidate that would change when the image is scaled.
 """
 from __future__ import annotations
 
 import math
 import random
-from typing import Optional, Sequence
+from fractions import Fraction
+from typing import Callable, Optional, Sequence
 
 from .. import expr as E
-from .. import ops
+from .. import ops, units
 from ..expr import Call, Const, Expr, Param, Var
+from ..signatures import SIGNATURES, Signature
+from ..units import DIMENSIONLESS, Dim
 
 #: mutation kinds, with their probabilities
 MUTATIONS = (("subtree", 0.3), ("point", 0.25), ("insert", 0.15), ("delete", 0.1),
              ("constant", 0.2))
+#: the constant exponents new ``pow`` nodes get (huge powers make useless candidates)
+EXPONENTS = (0.5, 2.0, 3.0)
 
 
 class Grammar:
-    """What new material may contain (a search-space slot's primitives, terminals, constants)."""
+    """What new material may contain (a search-space slot's primitives, terminals,
+    constants), typed by the signature's dimensions.
+
+    Intermediate dimensions are those of the grammar's own leaves (for box terminals:
+    dimensionless, length, area), so every dimension asked for has a leaf and generation
+    never dead-ends: ``rho2 / diag2``, ``sqrt(enclose) * iou``, ``pw ** 2`` are built,
+    ``exp(rho2)`` and ``iou + pw`` are not.
+    """
 
     def __init__(self, primitives: Sequence[str], terminals: Sequence[str],
                  constants: Sequence[float] = (0.5, 1.0, 2.0, 3.0), max_depth: int = 7,
-                 max_nodes: int = 48):
+                 max_nodes: int = 48, signature: Optional[str | Signature] = None):
         self.primitives = [p for p in primitives if ops.get(p).arity in (1, 2, 3)]
         self.by_arity = {a: [p for p in self.primitives if ops.get(p).arity == a] for a in (1, 2, 3)}
         self.terminals = list(terminals)
         self.constants = [float(c) for c in constants]
         self.max_depth = max_depth
         self.max_nodes = max_nodes
+        sig = SIGNATURES[signature] if isinstance(signature, str) else signature
+        self.signature = sig
+        self.dims = {t: sig.dims[t] if sig else DIMENSIONLESS for t in self.terminals}
+        self.param_units = sig.param_units if sig else {}
+        self.want = sig.loss_unit if sig else DIMENSIONLESS
+        self.leaf_dims = sorted({DIMENSIONLESS} | {d for d in self.dims.values() if not d.weight},
+                                key=lambda d: d.power)
+        self._by_dim = {d: [t for t in self.terminals if self.dims[t] == d] for d in self.leaf_dims}
 
     @classmethod
     def of(cls, slot) -> "Grammar":
-        return cls(slot.primitives, slot.terminals, slot.constants, slot.max_depth, slot.max_nodes)
+        return cls(slot.primitives, slot.terminals, slot.constants, slot.max_depth, slot.max_nodes,
+                   slot.signature)
+
+    # -- dimensions -------------------------------------------------------------------------
+    def unit_error(self, node: Expr) -> Optional[str]:
+        if self.signature is None:
+            return None
+        return units.check(node, self.signature.dims, self.param_units, self.want)
+
+    def dims_of(self, node: Expr) -> Optional[dict[Expr, Dim]]:
+        """The dimension of every subtree of ``node``, or None if it is ill-formed."""
+        memo: dict[Expr, Dim] = {}
+        if self.signature is None:
+            return {n: DIMENSIONLESS for n in E.postorder(node)}
+        try:
+            units.infer(node, self.signature.dims, self.param_units, memo)
+        except units.DimensionError:
+            return None
+        return memo
 
     def fits(self, node: Expr) -> bool:
-        return E.depth(node) <= self.max_depth and E.size(node) <= self.max_nodes
+        """Within the depth and node limits, and well-dimensioned."""
+        return (E.depth(node) <= self.max_depth and E.size(node) <= self.max_nodes
+                and self.unit_error(node) is None)
 
-    def leaf(self, rng: random.Random) -> Expr:
-        if self.constants and rng.random() < 0.2:
+    def ops_for(self, dim: Dim) -> list[str]:
+        """The grammar's primitives that can produce a ``dim`` from leaf dimensions."""
+        out = []
+        for p in self.primitives:
+            op = ops.get(p)
+            if op.units in ("pure", "sign") or op.comparison:
+                ok = dim == DIMENSIONLESS
+            elif op.units == "root":
+                ok = Dim(dim.power * 2) in self._by_dim
+            elif op.units == "power":
+                ok = bool(self.exponents_for(dim))
+            else:
+                ok = True
+            if ok:
+                out.append(p)
+        return out
+
+    def exponents_for(self, dim: Dim) -> list[float]:
+        if dim == DIMENSIONLESS:
+            return list(EXPONENTS)
+        return [k for k in EXPONENTS if Dim(dim.power / Fraction(k)) in self._by_dim]
+
+    def arg_dims(self, name: str, dim: Dim, pick: Callable[[str, list], object]) -> list[Dim]:
+        """The dimensions of the arguments of ``name`` producing ``dim`` (``pick(key,
+        options)`` chooses where there are several ways)."""
+        op = ops.get(name)
+        if op.comparison or op.units == "sign":
+            d = pick("dim", self.leaf_dims)
+            return [d] * op.arity
+        if op.units == "pure":
+            return [DIMENSIONLESS] * op.arity
+        if op.units == "root":
+            return [Dim(dim.power * 2)]
+        if op.units == "select":
+            return [DIMENSIONLESS, dim, dim]
+        if op.units == "product":
+            if name == "mul":
+                splits = [d for d in self.leaf_dims if Dim(dim.power - d.power) in self._by_dim]
+                d = pick("dim", splits)
+                return [d, Dim(dim.power - d.power)]
+            splits = [d for d in self.leaf_dims if Dim(dim.power + d.power) in self._by_dim]
+            d = pick("dim", splits)
+            return [Dim(dim.power + d.power), d]
+        return [dim] * op.arity  # sum, same, keep
+
+    # -- growing ----------------------------------------------------------------------------
+    def leaves(self, dim: Dim = DIMENSIONLESS) -> list[Expr]:
+        out: list[Expr] = [Var(t) for t in self._by_dim.get(dim, ())]
+        if dim == DIMENSIONLESS:
+            out += [Const(c) for c in self.constants]
+        return out
+
+    def leaf(self, rng: random.Random, dim: Dim = DIMENSIONLESS) -> Expr:
+        names = self._by_dim.get(dim, [])
+        if dim == DIMENSIONLESS and self.constants and (not names or rng.random() < 0.2):
             return Const(rng.choice(self.constants))
-        return Var(rng.choice(self.terminals))
+        if not names:
+            return Const(1.0)
+        return Var(rng.choice(names))
 
     def tree(self, rng: random.Random, max_depth: Optional[int] = None,
-             leaf_probability: float = 0.3) -> Expr:
-        """A random tree (the 'grow' method: leaves may appear before the depth limit),
-        within the depth and node limits."""
+             leaf_probability: float = 0.3, dim: Optional[Dim] = None) -> Expr:
+        """A random tree of dimension ``dim`` (default: the loss's) by the 'grow' method
+        (leaves may appear before the depth limit), within the depth and node limits."""
+        dim = self.want if dim is None else dim
         depth = self.max_depth if max_depth is None else min(max_depth, self.max_depth)
         for attempt in range(20):
-            tree = self._grow(rng, max(2, depth - attempt // 5), leaf_probability, 0)
-            if self.fits(tree):
+            tree = self._grow(rng, max(2, depth - attempt // 5), leaf_probability, 0, dim)
+            if E.depth(tree) <= self.max_depth and E.size(tree) <= self.max_nodes:
                 return tree
-        return self.leaf(rng)
+        return self.leaf(rng, dim)
 
-    def _grow(self, rng, max_depth, leaf_probability, depth) -> Expr:
-        if depth >= max_depth - 1 or not self.primitives or (
+    def ratio(self, rng: random.Random) -> Optional[Expr]:
+        """A dimensionless group: two terminals of one dimension divided (``rho2 / diag2``,
+        ``pw / tw``), the building block of dimensional analysis; None without ``div``."""
+        dims = [d for d, names in self._by_dim.items() if d != DIMENSIONLESS and names]
+        if "div" not in self.primitives or not dims:
+            return None
+        names = self._by_dim[rng.choice(dims)]
+        a = rng.choice(names)
+        b = rng.choice([n for n in names if n != a] or names)
+        return Call("div", (Var(a), Var(b)))
+
+    def _grow(self, rng, max_depth, leaf_probability, depth, dim: Dim) -> Expr:
+        choices = self.ops_for(dim)
+        if depth >= max_depth - 1 or not choices or (
                 depth > 0 and rng.random() < leaf_probability):
-            return self.leaf(rng)
-        name = rng.choice(self.primitives)
-        if name == "pow":  # small constant exponents only: huge powers make useless candidates
-            base = self._grow(rng, max_depth, leaf_probability, depth + 1)
-            return Call("pow", (base, Const(rng.choice((0.5, 2.0, 3.0)))))
-        return Call(name, tuple(self._grow(rng, max_depth, leaf_probability, depth + 1)
-                                for _ in range(ops.get(name).arity)))
+            if depth < max_depth - 1 and dim == DIMENSIONLESS and rng.random() < 0.5:
+                group = self.ratio(rng)
+                if group is not None:
+                    return group
+            return self.leaf(rng, dim)
+        name = rng.choice(choices)
+        if name == "pow":
+            k = rng.choice(self.exponents_for(dim))
+            base_dim = dim if dim == DIMENSIONLESS else Dim(dim.power / Fraction(k))
+            base = self._grow(rng, max_depth, leaf_probability, depth + 1, base_dim)
+            return Call("pow", (base, Const(k)))
+        arg_dims = self.arg_dims(name, dim, lambda _key, options: rng.choice(options))
+        return Call(name, tuple(self._grow(rng, max_depth, leaf_probability, depth + 1, d)
+                                for d in arg_dims))
 
 
 def _pick_kind(rng: random.Random) -> str:
@@ -84,23 +205,30 @@ def _replace(prefix, i, new: Expr) -> Expr:
 
 
 def mutate(rng: random.Random, tree: Expr, grammar: Grammar, tries: int = 20) -> tuple[Expr, str]:
-    """One random mutation of ``tree``; returns (child, kind). The child differs from the
-    parent when any allowed edit can make it differ."""
+    """One random mutation of ``tree``; returns (child, kind). The child is well-dimensioned
+    and differs from the parent when any allowed edit can make it differ."""
     for _ in range(tries):
         kind = _pick_kind(rng)
         child = _mutate(rng, tree, grammar, kind)
         if child is not None and child != tree and grammar.fits(child):
             return child, kind
-    return _mutate(rng, tree, grammar, "point") or tree, "point"
+    child = perturb_constants(rng, tree)
+    return (child, "constant") if child is not None and grammar.fits(child) else (tree, "none")
 
 
 def _mutate(rng, tree, grammar, kind) -> Optional[Expr]:
     prefix = E.to_prefix(tree)
     i = rng.randrange(len(prefix))
     sub = E.from_prefix(prefix[i:E.subtree_end(prefix, i)])
+    dims = grammar.dims_of(sub)
+    dim = dims[sub] if dims is not None else DIMENSIONLESS
+    if dim.free:
+        dim = DIMENSIONLESS
     if kind == "subtree":
+        if dim.weight:  # positions only enter through inherited differences
+            return None
         room = max(2, grammar.max_depth - _depth_at(prefix, i))
-        return _replace(prefix, i, grammar.tree(rng, max_depth=min(room, 4)))
+        return _replace(prefix, i, grammar.tree(rng, max_depth=min(room, 4), dim=dim))
     if kind == "point":
         token = prefix[i]
         if isinstance(token, str):
@@ -112,13 +240,14 @@ def _mutate(rng, tree, grammar, kind) -> Optional[Expr]:
             return E.from_prefix(new)
         if type(token) is Const and grammar.constants:
             return _replace(prefix, i, Const(rng.choice(grammar.constants)))
-        return _replace(prefix, i, grammar.leaf(rng))
+        return None if dim.weight else _replace(prefix, i, grammar.leaf(rng, dim))
     if kind == "insert":
         unary = grammar.by_arity.get(1, [])
         binary = grammar.by_arity.get(2, [])
         if binary and (not unary or rng.random() < 0.5):
             op = rng.choice(binary)
-            other = grammar.leaf(rng)
+            keeps = ops.get(op).units in ("sum", "same") and not ops.get(op).comparison
+            other = grammar.leaf(rng, dim if keeps and not dim.weight else DIMENSIONLESS)
             args = (sub, other) if rng.random() < 0.5 else (other, sub)
             return _replace(prefix, i, Call(op, args))
         if unary:
@@ -174,12 +303,25 @@ def perturb_constants(rng: random.Random, tree: Expr, sigma: float = 0.3) -> Opt
 
 
 def crossover(rng: random.Random, a: Expr, b: Expr, grammar: Grammar, tries: int = 20) -> Expr:
-    """A child of ``a`` with one of its subtrees replaced by a subtree of ``b``."""
+    """A child of ``a`` with one of its subtrees replaced by a subtree of ``b`` of the same
+    dimension."""
     pa, pb = E.to_prefix(a), E.to_prefix(b)
+    dims_a, dims_b = grammar.dims_of(a), grammar.dims_of(b)
+    if dims_a is None or dims_b is None:
+        return a
+    spans_b = [(j, E.subtree_end(pb, j)) for j in range(len(pb))]
+    by_dim: dict[Dim, list[tuple[int, int]]] = {}
+    for j, end in spans_b:
+        by_dim.setdefault(dims_b[E.from_prefix(pb[j:end])], []).append((j, end))
     for _ in range(tries):
-        i, j = rng.randrange(len(pa)), rng.randrange(len(pb))
-        child = E.from_prefix(list(pa[:i]) + list(pb[j:E.subtree_end(pb, j)])
-                              + list(pa[E.subtree_end(pa, i):]))
+        i = rng.randrange(len(pa))
+        end_a = E.subtree_end(pa, i)
+        dim = dims_a[E.from_prefix(pa[i:end_a])]
+        donors = spans_b if dim.free else by_dim.get(dim, []) + by_dim.get(units.FREE, [])
+        if not donors:
+            continue
+        j, end_b = rng.choice(donors)
+        child = E.from_prefix(list(pa[:i]) + list(pb[j:end_b]) + list(pa[end_a:]))
         if child != a and grammar.fits(child):
             return child
     return a

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Optional, Sequence
 
 import optuna
 
 from .. import catalog
 from ..expr import Call, Const, Expr, Param, Var
+from ..units import DIMENSIONLESS, Dim
 from .candidate import Candidate
 from .operators import Grammar, crossover, mutate, perturb_constants
 from .space import Space
@@ -117,6 +119,10 @@ class Strategy:
         return x < y if self.space.direction == "minimize" else x > y
 
 
+def _token(leaf: Expr) -> str:
+    return leaf.name if type(leaf) is Var else f"const:{leaf.value!r}"
+
+
 def _with_params(tree: Expr, slot, rng: random.Random) -> Expr:
     """Add the slot's extra tunable parameters by multiplying a random subtree term."""
     for p in slot.params.values():
@@ -169,22 +175,31 @@ class TPESearch(Strategy):
                    for k, v in self.space.choices.items()}
         return Candidate(slots, choices, "tpe")
 
-    def _tree(self, trial, g: Grammar, path: str, depth: int, max_depth: int) -> Expr:
-        leaves = list(g.terminals) + [f"const:{c!r}" for c in g.constants]
-        tokens = leaves if depth >= max_depth - 1 else list(g.primitives) + leaves
-        token = trial.suggest_categorical(path, tokens)
-        if token in g.terminals:
-            return Var(token)
-        if token.startswith("const:"):
-            return Const(float(token[6:]))
-        from .. import ops
-
+    def _tree(self, trial, g: Grammar, path: str, depth: int, max_depth: int,
+              dim: Optional[Dim] = None) -> Expr:
+        """A tree of dimension ``dim`` (the loss's at the root). A position's categorical
+        is keyed by its path and dimension, so its choices are always the same list."""
+        dim = g.want if dim is None else dim
+        leaves = {_token(leaf): leaf for leaf in g.leaves(dim)} or {"const:1.0": Const(1.0)}
+        tokens = list(leaves) if depth >= max_depth - 1 else g.ops_for(dim) + list(leaves)
+        key = f"{path}@{dim}" if g.signature is not None and g.signature.has_units else path
+        token = trial.suggest_categorical(key, tokens)
+        if token in leaves:
+            return leaves[token]
         if token == "pow":
-            base = self._tree(trial, g, path + ".0", depth + 1, max_depth)
-            ex = trial.suggest_categorical(path + ".exp", ["0.5", "2.0", "3.0"])
-            return Call("pow", (base, Const(float(ex))))
-        return Call(token, tuple(self._tree(trial, g, f"{path}.{i}", depth + 1, max_depth)
-                                 for i in range(ops.get(token).arity)))
+            ks = g.exponents_for(dim)
+            k = float(trial.suggest_categorical(f"{key}.exp", [repr(x) for x in ks]))
+            base_dim = dim if dim == DIMENSIONLESS else Dim(dim.power / Fraction(k))
+            base = self._tree(trial, g, path + ".0", depth + 1, max_depth, base_dim)
+            return Call("pow", (base, Const(k)))
+
+        def pick(name, options):
+            labels = [str(o) for o in options]
+            chosen = trial.suggest_categorical(f"{key}.{token}.{name}", labels)
+            return options[labels.index(chosen)]
+
+        return Call(token, tuple(self._tree(trial, g, f"{path}.{i}", depth + 1, max_depth, d)
+                                 for i, d in enumerate(g.arg_dims(token, dim, pick))))
 
     def _params(self, trial, slot: str, tree: Expr) -> Expr:
         from .. import expr as E
