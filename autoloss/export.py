@@ -36,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from . import __version__, codegen
+from . import __version__, codegen, units
 from . import expr as E
 from .compiler import CompiledLoss
 from .errors import AutolossError, ExpressionError
@@ -496,6 +496,9 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
         g = torch.Generator().manual_seed(0)
         cases = [sig.sample(64, g, dtype=torch.float64), sig.sample(3, g, dtype=torch.float64),
                  sig.degenerate(torch.float64)]
+        if sig.has_units:  # last: the unit probe, pixel-sized boxes scaled 1e-2 ... 1e3
+            base = sig.rescale(*sig.sample(32, g, dtype=torch.float64), 10.0, 0.0)
+            cases.append(units.scale_probe(base, sig.rescale)[0])
         jobs.append((str(path), function[0] if function else function_name(_class_name_in(Path(path))),
                      [(list(c), [0]) for c in cases]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -519,6 +522,10 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
                 a = torch.zeros_like(mine[idx[0]]) if a is None else a
                 b = torch.zeros_like(mine[idx[0]]) if b is None else b
                 _close(a, b, rtol, atol, f"{path}: gradients differ", worst, "grad")
+        if compiled.signature.has_units:
+            value, grads = theirs[-1]
+            worst["units"] = units.compare_scales(value, {"pred": grads[0]}, units.SCALES) \
+                or "invariant"
         reports.append(worst)
     return reports
 

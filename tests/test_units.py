@@ -271,3 +271,16 @@ def test_search_spaces_seed_only_well_dimensioned_zoo_losses(tmp_path):
     with pytest.raises(spaces.SpaceError) as err:
         spaces.load(bad)
     assert "cse_autoloss_b_reg" in str(err.value) and "not scale invariant" in str(err.value)
+
+
+def test_export_check_runs_the_unit_probe_in_a_fresh_process(tmp_path):
+    from autoloss import export
+
+    items = []
+    for loss_id in ("giou", "mpdiou"):
+        path = tmp_path / f"{loss_id}.py"
+        export.to_file(zoo.compiled(loss_id), path)
+        items.append((path, zoo.compiled(loss_id), None))
+    giou, mpdiou = export.check_many(items)
+    assert giou["units"] == "invariant"
+    assert mpdiou["units"].startswith("not scale invariant: for boxes scaled by 0.01")
