@@ -198,18 +198,28 @@ def search_cmd(args) -> int:
               f"{search.space.direction}) -> {search.folder}")
     with Display(search, con, enabled=not args.quiet) as display:
         search.on_trial = display.update
+        search.on_message = lambda text: con.print(text, markup=False, soft_wrap=True)
         summary = search.run()
     if summary.get("interrupted"):
         con.print(f"[yellow]interrupted[/yellow]: finished trials are kept; continue with\n"
                   f"  autoloss search {args.space} --resume --name {search.folder.name}"
                   f" --runs-dir {args.runs_dir}")
         return 130
-    from .search.report import print_summary, write_report
+    from .search.report import exported_note, print_summary, write_report
 
     print_summary(summary, con)
     if not args.no_report:
         path = write_report(search.folder)
-        con.print(f"report: {path}")
+        con.print(f"report: {path}", markup=False)
+        best = search.folder / "best_loss.py"
+        if best.exists():
+            con.print(f"best loss: {best} holds {exported_note(summary)}", markup=False,
+                      soft_wrap=True)
+    transfer = summary.get("transfer")
+    if transfer:  # the last line: does the search's winner hold up in the transfer proxy?
+        word = "[bold green]yes[/bold green]" if transfer["winner"] else "[bold red]no[/bold red]"
+        con.print(f"transfer to {transfer['proxy']}: {word}: {escape(transfer['verdict'])}",
+                  soft_wrap=True)
     return 0
 
 
@@ -318,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a loss as a standalone PyTorch module")
     ex.add_argument("run", nargs="?", help="a run folder (runs/<name>) to export from")
     ex.add_argument("--trial", type=int, help="the trial number to export (default: best)")
-    ex.add_argument("--best", action="store_true", help="export the run's validated best")
+    ex.add_argument("--best", action="store_true",
+                    help="export the run's best: the best candidate that holds up in the "
+                         "transfer proxy, or the baseline's loss when none does (the default)")
     ex.add_argument("--zoo", metavar="ID", help="export a zoo loss")
     ex.add_argument("--expr", help="export a hand-written expression (with --signature)")
     ex.add_argument("--signature", help="signature of --expr: box, coord, sigmoid, softmax, dist")

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import statistics
 import threading
 import time
 import warnings
@@ -75,7 +76,8 @@ class Search:
     def __init__(self, space: Space, folder: Path, *, strategy: Optional[str] = None,
                  seed: Optional[int] = None, trials: Optional[int] = None,
                  timeout: Optional[float] = None, threads: Optional[int] = None,
-                 validate: bool = True, on_trial: Optional[Callable] = None):
+                 validate: bool = True, on_trial: Optional[Callable] = None,
+                 on_message: Optional[Callable[[str], None]] = None):
         self.strategy_name = strategy or space.strategy
         if self.strategy_name == "nsga2" and not space.complexity:
             space = dataclasses.replace(space, complexity=True)  # NSGA-II: metric x size
@@ -87,6 +89,7 @@ class Search:
         self.threads = threads
         self.validate_after = validate
         self.on_trial = on_trial
+        self.on_message = on_message  # validation progress, one line at a time
         self.signatures = {s: slot.signature for s, slot in space.slots.items()}
         self.proxy = proxies.get(space.proxy, **space.proxy_options)
         self.strategy = strategies.make(self.strategy_name, space, self.seed)
@@ -251,6 +254,9 @@ class Search:
             if self.validate_after and not self.interrupted:
                 summary["validation"] = self.validate(study)
                 runs.write_json(self.folder / "summary.json", summary)
+                if self.space.validation.get("transfer"):
+                    summary["transfer"] = self.transfer(study, summary["validation"])
+                    runs.write_json(self.folder / "summary.json", summary)
             return summary
 
     def step(self, study, bank: FilterBank) -> float:
@@ -401,7 +407,8 @@ class Search:
 
     def validate(self, study) -> dict:
         """Top-k candidates and the best zoo baseline, re-scored with more seeds and budget,
-        and on a held-out variant of the proxy."""
+        then the best validated candidate and that zoo loss on each held-out variant of the
+        proxy. One line per scored row goes to ``on_message``."""
         v = self.space.validation
         top = self.ranked(study)[: int(v.get("top_k", 3))]
         zoo = self.zoo_screening(study)
@@ -409,26 +416,126 @@ class Search:
         entries = [(f"trial {t.number}", self.candidate_of(t), t.number) for t in top]
         if best_zoo is not None:
             entries.append((f"zoo {best_zoo['origin']}", best_zoo["candidate"], None))
+        seeds = int(v.get("seeds", 3))
+        self._say(f"validation: {len(entries)} candidate(s) x {seeds} seed(s) on "
+                  f"{self.space.proxy}")
         rows = []
         for label, cand, number in entries:
-            rows.append(self._score(label, cand, number, seeds=int(v.get("seeds", 3)),
-                                    budget=v.get("budget"), scale=v.get("scale")))
-        held = v.get("held_out")
+            rows.append(self._score(label, cand, number, seeds=seeds, budget=v.get("budget"),
+                                    scale=v.get("scale")))
+            self._say(f"  {_line(rows[-1])}")
+        variants = v.get("held_out") or []
         held_rows = []
-        if held and rows:
-            picks = [rows[0]] + ([rows[-1]] if best_zoo is not None and len(rows) > 1 else [])
-            for r in picks:
-                cand = r.pop("_candidate")
-                held_rows.append(self._score(r["label"], cand, r["trial"],
-                                             seeds=int(held.get("seeds", 1)),
-                                             budget=held.get("budget", v.get("budget")),
-                                             scale=held.get("scale"),
-                                             extra_options=held.get("options", {})))
+        if variants and rows:
+            best = self.validated(rows)[:1]
+            picks = best + ([rows[-1]] if best_zoo is not None and rows[-1] not in best else [])
+            for h in variants:
+                budget = h["budget"] if h.get("budget") is not None else v.get("budget")
+                self._say(f"held-out {h['name']!r}: {len(picks)} candidate(s) x {h['seeds']} "
+                          f"seed(s)")
+                for r in picks:
+                    held_rows.append(self._score(r["label"], r["_candidate"], r["trial"],
+                                                 seeds=int(h["seeds"]), budget=budget,
+                                                 scale=h.get("scale"),
+                                                 extra_options=h.get("options", {})))
+                    held_rows[-1]["variant"] = h["name"]
+                    self._say(f"  {_line(held_rows[-1])}")
         for r in rows + held_rows:
             r.pop("_candidate", None)
-        return {"settings": {k: v[k] for k in v if k != "held_out"}, "held_out_settings": held,
-                "rows": rows, "held_out": held_rows,
+        return {"settings": {k: v[k] for k in v if k not in ("held_out", "transfer")},
+                "held_out_settings": variants, "rows": rows, "held_out": held_rows,
                 "zoo_screening": [{k: z[k] for k in ("origin", "value", "trial")} for z in zoo]}
+
+    def validated(self, rows: list[dict]) -> list[dict]:
+        """The candidates' validation rows (not the zoo's, not the failed), best first."""
+        done = [r for r in rows if r.get("trial") is not None and "mean" in r]
+        return sorted(done, key=lambda r: r["mean"], reverse=self.space.direction == "maximize")
+
+    def transfer(self, study, validation: dict) -> dict:
+        """The top validated candidates in the transfer proxy, beside the pair's losses for
+        its other slots, against the baseline pair over the same seeds (see
+        ``[validation.transfer]`` in :mod:`autoloss.search.space`).
+
+        A candidate holds up when its mean is no worse than the baseline's by more than the
+        larger of the two seed stds; the winner is the best candidate that holds up (or
+        None), and ``export`` says what ``best_loss.py`` holds."""
+        t = self.space.validation["transfer"]
+        task = proxies.get(t["proxy"], **t["options"])
+        slot, searched = t["slot"], t["searched_slot"]
+        seeds = list(range(self.seed, self.seed + int(t["seeds"])))
+        picks = self.validated(validation.get("rows", []))[: int(t["top_k"])]
+        trials = study.get_trials(deepcopy=False) if picks else []
+        base_label = " + ".join(t["baseline"][s] for s in task.slots)
+        entries = [(base_label, None, None, dict(t["baseline"]))]  # label, trial, candidate
+        for r in picks:
+            cand = self.candidate_of(trials[r["trial"]])
+            losses = dict(t["pair"])
+            losses[slot] = cand.compiled(searched, self.signatures[searched])
+            entries.append((r["label"], r["trial"], cand, losses))
+        total, done, spent = len(entries) * len(seeds), 0, 0.0
+        self._say(f"transfer to {task.name}: {len(entries)} pair(s) x {len(seeds)} seed(s) = "
+                  f"{total} run(s) (the baseline {base_label} first, then the top "
+                  f"{len(picks)} validated candidate(s) in slot {slot!r})")
+        rows = []
+        for label, number, cand, losses in entries:
+            shown = dict(losses)
+            if cand is not None:
+                shown[slot] = Candidate({searched: cand.slots[searched]}).formula().partition(
+                    ": ")[2]
+            row = {"label": label, "trial": number, "losses": {s: shown[s] for s in task.slots},
+                   "values": [], "seconds": []}
+            for k, seed in enumerate(seeds):
+                start = time.perf_counter()
+                try:
+                    res = evaluate(task, losses, seeds=[seed], budget=t.get("budget"),
+                                   scale=t.get("scale"))
+                except CandidateFailure as err:
+                    row["failed"] = f"seed {seed}: {err.reason}"
+                spent += time.perf_counter() - start
+                done += 1
+                if "failed" in row:
+                    self._say(f"  transfer [{done}/{total}] {label}: failed: {row['failed']}")
+                    done += len(seeds) - k - 1  # its other seeds are skipped
+                    break
+                row["values"].append(res.values[0])
+                row["seconds"].append(res.seconds[0])
+                left = (total - done) * spent / done
+                self._say(f"  transfer [{done}/{total}] {label}, seed {seed}: {task.metric} "
+                          f"{res.values[0]:.4g} ({res.seconds[0]:.0f} s"
+                          + (f"; about {_duration(left)} left)" if done < total else ")"))
+            if "failed" not in row:
+                row["mean"] = statistics.fmean(row["values"])
+                row["std"] = statistics.stdev(row["values"]) if len(row["values"]) > 1 else 0.0
+            rows.append(row)
+        baseline, cands = rows[0], rows[1:]
+        maximize = task.direction == "maximize"
+        for r in cands:
+            if "mean" in r and "mean" in baseline:
+                noise = max(r["std"], baseline["std"])
+                r["delta"] = r["mean"] - baseline["mean"]
+                r["holds"] = (r["delta"] >= -noise) if maximize else (r["delta"] <= noise)
+            else:
+                r["holds"] = False
+        held = sorted((r for r in cands if r["holds"]), key=lambda r: r["mean"],
+                      reverse=maximize)
+        winner = held[0] if held else None
+        settings = {k: t[k] for k in ("proxy", "slot", "searched_slot", "pair", "baseline",
+                                      "top_k", "seeds", "budget", "scale", "options")}
+        out = {"settings": settings, "proxy": task.name, "metric": task.metric,
+               "direction": task.direction, "seeds": seeds, "baseline": baseline,
+               "rows": cands,
+               "winner": ({k: winner[k] for k in ("trial", "label", "losses", "mean", "std",
+                                                   "delta")} if winner else None),
+               "export": ({"kind": "trial", "trial": winner["trial"]} if winner else
+                          {"kind": "baseline", "slot": searched, "loss": t["baseline"][slot]}),
+               "seconds": spent}
+        out["verdict"] = transfer_verdict(out)
+        self._say(f"transfer verdict: {out['verdict']}")
+        return out
+
+    def _say(self, text: str) -> None:
+        if self.on_message is not None:
+            self.on_message(text)
 
     def zoo_screening(self, study) -> list[dict]:
         """Every zoo seed combination of the space at the search settings, best first
@@ -574,3 +681,47 @@ def _short(text: str) -> str:
     text = re.sub(r"trial \d+", "trial N", text)
     text = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
     return text[:160]
+
+
+def _line(r: dict) -> str:
+    """A validation row as one line of progress."""
+    head = f"{r['label']}" + (f" [{r['variant']}]" if r.get("variant") else "")
+    if "failed" in r:
+        return f"{head}: failed: {r['failed']}"
+    return f"{head}: {r['mean']:.5g} ± {r['std']:.2g} over {len(r['values'])} seed(s)"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _pm(row: dict) -> str:
+    return f"{row['mean']:.4g} ± {row['std']:.2g}"
+
+
+def transfer_verdict(section: dict) -> str:
+    """One plain sentence: does a candidate hold up in the transfer proxy, and what does
+    ``best_loss.py`` hold."""
+    proxy, metric = section["proxy"], section["metric"]
+    base = section["baseline"]
+    settings = section["settings"]
+    fallback = f"best_loss.py holds the baseline's {settings['baseline'][settings['slot']]}"
+    winner = section.get("winner")
+    if winner is not None:
+        return (f"{winner['label']} transfers: {proxy} {metric} {_pm(winner)} vs "
+                f"{base['label']} {_pm(base)}")
+    rows = section.get("rows", [])
+    if not rows:
+        return (f"no candidate to transfer (none passed validation on the search proxy); "
+                f"{fallback}")
+    if "mean" not in base:
+        return (f"transfer inconclusive: the baseline {base['label']} failed in {proxy} "
+                f"({base['failed']}); {fallback}")
+    scored = [r for r in rows if "mean" in r]
+    if not scored:
+        return (f"no candidate transfers: every candidate failed in {proxy} ({rows[0]['label']}: "
+                f"{rows[0]['failed']}); {fallback}")
+    best = sorted(scored, key=lambda r: r["mean"],
+                  reverse=section["direction"] == "maximize")[0]
+    return (f"no candidate transfers: best {best['label']} {proxy} {metric} {_pm(best)} vs "
+            f"{base['label']} {_pm(base)}; {fallback}")

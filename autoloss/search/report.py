@@ -11,6 +11,7 @@ Plots (PNG, next to report.md):
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -129,8 +130,9 @@ def write_report(folder: Path, export: bool = True) -> Path:
     curves = _loss_curves(folder, space, best, summary, plt) if best is not None else None
 
     exported = None
-    if export and best is not None:
-        exported = export_best(folder, trial=best_trial.number)
+    transfer = summary.get("transfer")
+    if export and (best is not None or transfer):
+        exported = export_best(folder)
 
     lines = [f"# Search report: {folder.name}", "",
              f"- space: `{space.name}` ({space.description})",
@@ -161,14 +163,18 @@ def write_report(folder: Path, export: bool = True) -> Path:
                   "| --- | --- | --- |"]
         for r in val["rows"]:
             lines.append(_row(r))
-        if val.get("held_out"):
-            lines += ["", f"Held-out variant of the proxy ({val['held_out_settings']}):", "",
+        for variant in _variants(val):
+            lines += ["", f"Held-out variant `{variant['name']}` of the proxy "
+                          f"({_settings_text(variant)}):", "",
                       "| candidate | mean ± std | per seed |", "| --- | --- | --- |"]
             for r in val["held_out"]:
-                lines.append(_row(r))
+                if r.get("variant", variant["name"]) == variant["name"]:
+                    lines.append(_row(r))
         verdict = compare(val, space.direction)
         if verdict:
             lines += ["", verdict]
+    if transfer:
+        lines += ["", *transfer_lines(transfer)]
     lines += ["", "## Rejections", "", "| filter | count | most common reasons |",
               "| --- | --- | --- |"]
     for filt, reasons in sorted(summary.get("rejections", {}).items()):
@@ -180,16 +186,25 @@ def write_report(folder: Path, export: bool = True) -> Path:
     if curves:
         lines += [f"![the discovered loss beside the best zoo losses]({curves.name})", ""]
     if best is not None:
-        lines += ["## The best loss", "", f"Trial {best_trial.number}:", ""]
+        lines += ["## The best loss", ""]
+        if transfer and transfer.get("winner") is None:
+            lines += [f"Trial {best_trial.number}, the best on `{space.proxy}`; it did not hold "
+                      f"up in `{transfer['proxy']}`, so `best_loss.py` holds the baseline's "
+                      f"`{transfer['export']['loss']}` instead:", ""]
+        elif transfer:
+            lines += [f"Trial {best_trial.number} (holds up in `{transfer['proxy']}`):", ""]
+        else:
+            lines += [f"Trial {best_trial.number}:", ""]
+        latex = best_trial.user_attrs.get("result", {}).get("latex", {})
         for slot, e in best.slots.items():
             lines += [f"- `{slot}`: `{E.to_infix(e)}` (as searched; simplified "
                       f"`{Candidate({slot: e}).formula()}`)",
-                      f"  - LaTeX: ${best_trial.user_attrs['candidate'].get('latex', {}).get(slot, '')}$"]
+                      f"  - LaTeX: ${latex.get(slot, '')}$"]
         if best.choices:
             lines.append(f"- choices: {best.choices}")
     if exported:
-        lines += ["", f"Exported to `{exported.name}`: `from {exported.stem} import ...` "
-                      "(torch only)."]
+        lines += ["", f"Exported to `{exported.name}` ({exported_note(summary)}): "
+                      f"`from {exported.stem} import ...` (torch only)."]
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -200,6 +215,69 @@ def _row(r: dict) -> str:
         return f"| {r['label']}: `{r['formula']}` | failed: {r['failed']} | |"
     per = ", ".join(f"{v:.5g}" for v in r["values"])
     return f"| {r['label']}: `{r['formula']}` | {r['mean']:.5g} ± {r['std']:.2g} | {per} |"
+
+
+def _variants(val: dict) -> list[dict]:
+    """The held-out variants of a validation (a run written before variants had names has one
+    settings table)."""
+    settings = val.get("held_out_settings") or []
+    if isinstance(settings, dict):
+        settings = [dict(settings, name="held-out")]
+    return settings if val.get("held_out") else []
+
+
+def _settings_text(variant: dict) -> str:
+    parts = [f"{k} {variant[k]}" for k in ("seeds", "budget", "scale") if variant.get(k)
+             is not None]
+    parts += [f"{k}={v}" for k, v in (variant.get("options") or {}).items()]
+    return ", ".join(parts) or "the proxy's defaults"
+
+
+def _pm(r: dict, digits: int = 4) -> str:
+    return f"{r['mean']:.{digits}g} ± {r['std']:.2g}"
+
+
+def transfer_lines(transfer: dict) -> list[str]:
+    """The report's "Transfer to <proxy>" section (markdown lines)."""
+    st, base = transfer["settings"], transfer["baseline"]
+    others = ", ".join(f"{k} = `{v}`" for k, v in st["pair"].items())
+    budget = f", budget {st['budget']}" if st.get("budget") else ""
+    scale = f", scale {st['scale']}" if st.get("scale") else ""
+    lines = [f"## Transfer to {transfer['proxy']}", "",
+             f"The top {st['top_k']} validated candidates fill slot `{st['slot']}` of "
+             f"`{transfer['proxy']}`" + (f" beside {others}" if others else "")
+             + f", against the baseline {base['label']}, over the same seeds "
+             f"({', '.join(map(str, transfer['seeds']))}{budget}{scale}). A candidate holds up "
+             f"when its mean {transfer['metric']} is no worse than the baseline's by more than "
+             "the larger of the two seed stds.", "",
+             f"| candidate | {transfer['metric']} mean ± std | per seed | Δ vs baseline | "
+             "holds up |", "| --- | --- | --- | --- | --- |"]
+    for r in [base] + transfer["rows"]:
+        losses = " + ".join(f"`{v}`" for v in r["losses"].values())
+        head = f"{r['label']}: {losses}" if r["trial"] is not None else f"baseline: {losses}"
+        if "failed" in r:
+            lines.append(f"| {head} | failed: {r['failed']} | | | no |")
+            continue
+        per = ", ".join(f"{v:.4g}" for v in r["values"])
+        delta = f"{r['delta']:+.4g}" if r.get("delta") is not None else ""
+        holds = "" if r["trial"] is None else ("**yes**" if r.get("holds") else "no")
+        lines.append(f"| {head} | {_pm(r)} | {per} | {delta} | {holds} |")
+    lines += ["", f"**Verdict:** {transfer['verdict']}."]
+    return lines
+
+
+def exported_note(summary: dict) -> str:
+    """What ``best_loss.py`` holds, in a few words."""
+    transfer = summary.get("transfer")
+    if not transfer:
+        val = summary.get("validation")
+        return "the best validated candidate" if val else "the best evaluated trial"
+    if transfer.get("winner") is not None:
+        return (f"{transfer['winner']['label']}, the best candidate that holds up in "
+                f"{transfer['proxy']}")
+    loss = transfer["export"]["loss"]
+    kind = "zoo loss" if loss in catalog.default().losses else "loss"
+    return f"the baseline's {kind} {loss}: no candidate held up in {transfer['proxy']}"
 
 
 def compare(val: dict, direction: str) -> str:
@@ -233,7 +311,11 @@ def _pareto(pts, minimize: bool):
 
 
 def _best_trial(search, study, summary):
-    """The validated best when there is a validation, else the best evaluated trial."""
+    """The transfer winner when there is one, else the validated best when there is a
+    validation, else the best evaluated trial."""
+    winner = (summary.get("transfer") or {}).get("winner")
+    if winner is not None:
+        return study.get_trials(deepcopy=False)[winner["trial"]]
     val = summary.get("validation") or {}
     rows = [r for r in val.get("rows", []) if "mean" in r and r.get("trial") is not None]
     if rows:
@@ -327,6 +409,9 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     summary = read_json(folder / "summary.json")
     search = Search(space, folder, strategy=config["options"]["strategy"],
                     seed=config["options"]["seed"], validate=False)
+    transfer = summary.get("transfer")
+    if trial is None and transfer and transfer.get("winner") is None:
+        return _export_baseline(folder, space, transfer, output, name, trainable, check)
     if trial is None:
         t = _best_trial(search, study, summary)
         if t is None:
@@ -340,14 +425,15 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
         if t.state != TrialState.COMPLETE:
             raise AutolossError(f"{folder}: trial {trial} did not complete ({t.state.name})")
     cand = search.candidate_of(t)
+    extra = {"origin": cand.origin, "strategy": config["options"]["strategy"]}
+    if transfer:
+        row = next((r for r in transfer["rows"] if r["trial"] == t.number), None)
+        extra["transfer"] = _transfer_text(transfer, row)
     prov = export.Provenance(source="autoloss search", run=folder.name, trial=t.number,
                              proxy=space.proxy, metric=space.metric, value=t.values[0],
                              title=f"loss found by autoloss search {space.name}",
-                             formula=cand.formula(),
-                             extra={"origin": cand.origin, "strategy": config["options"]["strategy"]})
-    out = Path(output) if output else folder / "best_loss.py"
-    if not out.is_absolute() and output:
-        out = Path.cwd() / out
+                             formula=cand.formula(), extra=extra)
+    out = _output(folder, output)
     compiled = {s: cand.compiled(s, sig) for s, sig in search.signatures.items()}
     if len(compiled) == 1:
         (slot, loss), = compiled.items()
@@ -369,6 +455,59 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     return out
 
 
+def _output(folder: Path, output: Optional[str]) -> Path:
+    out = Path(output) if output else folder / "best_loss.py"
+    if not out.is_absolute() and output:
+        out = Path.cwd() / out
+    return out
+
+
+def _transfer_text(transfer: dict, row: Optional[dict]) -> str:
+    """A trial's standing in the transfer proxy, for the exported module's provenance."""
+    base = transfer["baseline"]
+    if row is None:
+        return f"not scored in {transfer['proxy']} (not among the top validated candidates)"
+    if "failed" in row:
+        return f"failed in {transfer['proxy']}: {row['failed']}"
+    against = f"vs {base['label']} {_pm(base)}" if "mean" in base else ""
+    word = "holds up" if row.get("holds") else "does not hold up"
+    return f"{word} in {transfer['proxy']}: {transfer['metric']} {_pm(row)} {against}".strip()
+
+
+def _export_baseline(folder: Path, space, transfer: dict, output, name, trainable,
+                     check) -> Path:
+    """No candidate held up in the transfer proxy: export the baseline's loss for the
+    searched slot (a zoo loss or an expression), saying so in the module's docstring."""
+    from ..evaluate import resolve_loss
+
+    st = transfer["settings"]
+    slot, loss_text = st["searched_slot"], transfer["export"]["loss"]
+    signature = space.slots[slot].signature
+    compiled = resolve_loss(loss_text, (signature,), slot)
+    is_zoo = loss_text in catalog.default().losses
+    base = transfer["baseline"]
+    standing = (f"{transfer['metric']} {_pm(base)} over seeds "
+                f"{', '.join(map(str, transfer['seeds']))}" if "mean" in base
+                else f"failed: {base.get('failed')}")
+    why = (f"exported in place of the searched candidates: none held up in "
+           f"{transfer['proxy']} against the baseline {base['label']} ({standing})")
+    prov = export.zoo_provenance(loss_text) if is_zoo else export.Provenance(formula=loss_text)
+    prov = dataclasses.replace(
+        prov, title=(f"{prov.title} (zoo id {loss_text}), " if is_zoo else "")
+        + f"the transfer baseline's loss, {why}",
+        source=f"autoloss search {space.name}: the baseline's "
+               + (f"zoo loss {loss_text!r}" if is_zoo else "loss") + ", not a searched candidate",
+        run=folder.name, proxy=transfer["proxy"], metric=transfer["metric"],
+        value=base.get("mean"),
+        notes=(f"Transfer verdict: {transfer['verdict']}. " + (prov.notes or "")).strip())
+    out = _output(folder, output)
+    export.to_file(compiled, out, name or "SearchedLoss", trainable_constants=trainable,
+                   provenance=prov)
+    if check:
+        export.check(out, compiled, {})
+    return out
+
+
 def print_summary(summary: dict, console) -> None:
     v = summary["verdicts"]
     console.print(f"trials {summary['trials']}: {v['accepted']} evaluated, {v['reused']} reused, "
@@ -385,7 +524,24 @@ def print_summary(summary: dict, console) -> None:
         for r in val["rows"] + val.get("held_out", []):
             text = (f"failed: {r['failed']}" if "failed" in r
                     else f"{r['mean']:.5g} ± {r['std']:.2g} over {len(r['values'])} seed(s)")
-            console.print(f"  {r['label']:28s} {text}  [scale {r.get('scale')}]", markup=False)
+            where = f"held-out {r['variant']}" if r.get("variant") else f"scale {r.get('scale')}"
+            console.print(f"  {r['label']:28s} {text}  [{where}]", markup=False)
         sentence = compare(val, summary["direction"])
         if sentence:
             console.print(sentence, markup=False)
+    transfer = summary.get("transfer")
+    if transfer:
+        console.print(f"transfer to {transfer['proxy']} ({transfer['metric']}, seeds "
+                      f"{', '.join(map(str, transfer['seeds']))}):", markup=False)
+        for r in [transfer["baseline"]] + transfer["rows"]:
+            if "failed" in r:
+                text = f"failed: {r['failed']}"
+            else:
+                text = f"{_pm(r)}"
+                if r["trial"] is None:
+                    text += "  (baseline)"
+                else:
+                    text += (f"  {'holds up' if r['holds'] else 'does not hold up'} "
+                             f"({r['delta']:+.4g})")
+            label = r["label"] if r["trial"] is not None else "baseline " + r["label"]
+            console.print(f"  {label:28s} {text}", markup=False)

@@ -7,7 +7,8 @@
         study.db           Optuna storage (SQLite): the source of truth for trials
         summary.json       machine-readable summary (written as the search goes and at its end)
         report.md, *.png   ``autoloss report``
-        best_loss.py       the exported best loss
+        best_loss.py       the exported best loss (with a transfer stage: the best candidate
+                           that holds up in the transfer proxy, else the baseline's loss)
         .lock              the PID of the process running the search
 """
 from __future__ import annotations
@@ -138,11 +139,16 @@ class Lock:
 
 
 def export_run(args) -> int:
-    """``autoloss export RUN [--trial N | --best]``."""
-    from .report import export_best
+    """``autoloss export RUN [--trial N | --best]``: trial N, or the run's best (the best
+    candidate that holds up in the transfer proxy; the baseline's loss when none does)."""
+    from .report import export_best, exported_note
 
+    if args.trial is not None and getattr(args, "best", False):
+        raise RunError("--trial N and --best exclude each other: --best exports the run's "
+                       "best that holds up, --trial N that trial")
     folder = resolve(args.run, getattr(args, "runs_dir", "runs"))
     path = export_best(folder, trial=args.trial, output=args.output, name=args.name,
                        trainable=args.trainable_constants, check=args.check)
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" (trial {args.trial})" if args.trial is not None else
+                             f": {exported_note(read_json(folder / 'summary.json'))}"))
     return 0

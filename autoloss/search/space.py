@@ -37,7 +37,18 @@ A search space is a TOML file in ``search_spaces/`` (or any path)::
     seeds = 3
     budget = 200
     scale = 0.1
-    held_out = { scale = 1.0, seeds = 1 }
+    held_out = { scale = 1.0, seeds = 1 }  # or an array of such tables, each with a name:
+    # held_out = [{ name = "full", scale = 1.0 }, { name = "pixels", options = { unit = 64 } }]
+
+    [validation.transfer]         # optional: does the winner hold up in another proxy?
+    proxy = "digits"
+    slot = "reg"                  # the transfer proxy's slot the searched loss fills
+    pair = { cls = "focal" }      # the other slots' losses (zoo ids or expressions)
+    baseline = { cls = "focal", reg = "iou_square" }   # every slot: the pair to beat
+    top_k = 2                     # the best validated candidates, best first
+    seeds = 2                     # candidates and baseline run over the same seeds
+    budget = 3000                 # optional, as scale
+    options = {}                  # the transfer proxy's options
 
 Every problem is reported with the file, the table and the field.
 """
@@ -156,6 +167,174 @@ def _get(file, table, data, fld, kind, default=None, required=False):
     return value
 
 
+VALIDATION_FIELDS = {"top_k", "seeds", "budget", "scale", "held_out", "transfer"}
+HELD_OUT_FIELDS = {"name", "scale", "seeds", "budget", "options"}
+TRANSFER_FIELDS = {"proxy", "slot", "pair", "baseline", "top_k", "seeds", "budget", "scale",
+                   "options"}
+
+
+def _validation(file: str, body: Any, proxy_name: str, proxy_options: dict,
+                slots: dict[str, Slot]) -> dict[str, Any]:
+    """The ``[validation]`` table, checked; ``held_out`` becomes a list of named variants
+    and ``transfer`` a checked table (see the module docstring)."""
+    if not isinstance(body, dict):
+        raise SpaceError(f"{file} [validation]: must be a table (top_k, seeds, budget, scale, "
+                         "held_out, transfer)")
+    _known(file, "validation", body, VALIDATION_FIELDS)
+    out = {k: v for k, v in body.items() if k not in ("held_out", "transfer")}
+    for fld in ("top_k", "seeds", "budget"):
+        if _get(file, "validation", body, fld, int, 1) < 1:
+            _fail(file, "validation", fld, "must be at least 1")
+    _positive(file, "validation", body, "scale")
+    out["held_out"] = _held_out(file, body.get("held_out"), proxy_name, proxy_options)
+    if "transfer" in body:
+        out["transfer"] = _transfer(file, body["transfer"], slots)
+    return out
+
+
+def _positive(file, table, body, fld) -> Optional[float]:
+    value = _get(file, table, body, fld, (int, float), None)
+    if value is not None and not value > 0:
+        _fail(file, table, fld, f"must be positive, got {value}")
+    return value
+
+
+def _proxy_with(file, table, name: str, options: dict):
+    """The proxy ``name`` built with ``options``, or the error naming the field."""
+    try:
+        proxies.get(name)
+    except AutolossError as err:
+        _fail(file, table, "proxy", str(err))
+    try:
+        return proxies.get(name, **options)
+    except (AutolossError, TypeError, ValueError) as err:  # an unknown option, a bad value
+        _fail(file, table, "options", f"proxy {name!r} does not take these options: {err}")
+
+
+def _held_out(file: str, held: Any, proxy_name: str, proxy_options: dict) -> list[dict]:
+    """``held_out``: a table or an array of tables, each a named variant of the proxy."""
+    if held is None:
+        return []
+    single = isinstance(held, dict)
+    items = [held] if single else held
+    if not isinstance(items, list) or not all(isinstance(h, dict) for h in items):
+        _fail(file, "validation", "held_out", "must be a table of proxy overrides (name, scale, "
+                                              "seeds, budget, options) or an array of such tables")
+    out, names = [], set()
+    for i, h in enumerate(items):
+        table = "validation.held_out" if single else f"validation.held_out[{i}]"
+        _known(file, table, h, HELD_OUT_FIELDS)
+        name = _get(file, table, h, "name", str, "held-out" if single else f"held-out {i + 1}")
+        if name in names:
+            _fail(file, table, "name", f"two held-out variants are named {name!r}")
+        names.add(name)
+        variant = {"name": name, "seeds": _get(file, table, h, "seeds", int, 1),
+                   "budget": _get(file, table, h, "budget", int, None),
+                   "scale": _positive(file, table, h, "scale"),
+                   "options": _get(file, table, h, "options", dict, {})}
+        for fld in ("seeds", "budget"):
+            if variant[fld] is not None and variant[fld] < 1:
+                _fail(file, table, fld, "must be at least 1")
+        _proxy_with(file, table, proxy_name, {**proxy_options, **variant["options"]})
+        out.append(variant)
+    return out
+
+
+def _transfer(file: str, body: Any, slots: dict[str, Slot]) -> dict[str, Any]:
+    """``[validation.transfer]``: the searched loss in another proxy, beside fixed losses for
+    that proxy's other slots, against a baseline pair, over the same seeds."""
+    table = "validation.transfer"
+    if not isinstance(body, dict):
+        raise SpaceError(f"{file} [{table}]: must be a table (proxy, slot, pair, baseline, "
+                         "top_k, seeds, budget, options)")
+    _known(file, table, body, TRANSFER_FIELDS)
+    name = _get(file, table, body, "proxy", str, required=True)
+    options = _get(file, table, body, "options", dict, {})
+    task = _proxy_with(file, table, name, options)
+    slot = _get(file, table, body, "slot", str, required=True)
+    if len(slots) != 1:
+        _fail(file, table, "slot", f"the transfer stage moves one searched loss into another "
+                                   f"proxy; this space searches {len(slots)} slots "
+                                   f"({', '.join(slots)})")
+    (searched, searched_slot), = slots.items()
+    known = ", ".join(f"{k} ({v if isinstance(v, str) else ' or '.join(v)})"
+                      for k, v in task.slots.items())
+    if slot not in task.slots:
+        _fail(file, table, "slot", f"proxy {name!r} has no slot {slot!r}; its slots are {known}")
+    signature = searched_slot.signature
+    if signature not in proxies.slot_signatures(task, slot):
+        _fail(file, table, "slot", f"slot {slot!r} of {name!r} takes "
+                                   f"{' or '.join(proxies.slot_signatures(task, slot))} losses; "
+                                   f"the searched slot {searched!r} is {signature!r}")
+    pair = _get(file, table, body, "pair", dict, {})
+    _slot_set(file, table, "pair", pair, set(task.slots) - {slot}, name, known,
+              f"the losses for {name!r}'s slots other than {slot!r}")
+    baseline = _get(file, table, body, "baseline", dict, required=True)
+    _slot_set(file, table, "baseline", baseline, set(task.slots), name, known,
+              f"a loss for every slot of {name!r}")
+    for fld, losses in (("pair", pair), ("baseline", baseline)):
+        for s, text in losses.items():
+            accepted = (signature,) if s == slot else proxies.slot_signatures(task, s)
+            _loss_text(file, table, fld, s, text, accepted,
+                       f"slot {s!r} of {name!r}" if s != slot else
+                       f"it stands for the searched slot {searched!r}, which")
+    out = {"proxy": name, "slot": slot, "searched_slot": searched,
+           "pair": dict(pair), "baseline": {s: baseline[s] for s in task.slots},
+           "top_k": _get(file, table, body, "top_k", int, 2),
+           "seeds": _get(file, table, body, "seeds", int, 2),
+           "budget": _get(file, table, body, "budget", int, None),
+           "scale": _positive(file, table, body, "scale"), "options": dict(options)}
+    for fld in ("top_k", "seeds", "budget"):
+        if out[fld] is not None and out[fld] < 1:
+            _fail(file, table, fld, "must be at least 1")
+    return out
+
+
+def _slot_set(file, table, fld, losses: dict, expected: set, proxy: str, known: str,
+              what: str) -> None:
+    missing, extra = sorted(expected - set(losses)), sorted(set(losses) - expected)
+    if extra:
+        _fail(file, table, fld, f"{extra[0]!r} is not one of {what} (slots of {proxy!r}: "
+                                f"{known})")
+    if missing:
+        _fail(file, table, fld, f"missing slot {missing[0]!r}: give {what} (slots of "
+                                f"{proxy!r}: {known})")
+
+
+def _loss_text(file, table, fld, slot: str, text: Any, accepted: tuple[str, ...],
+               where: str) -> None:
+    """A zoo id or an expression that fits one of ``accepted`` signatures."""
+    import re
+
+    from ..errors import ExpressionError
+    from ..parse import parse
+
+    if not isinstance(text, str):
+        _fail(file, table, fld, f"slot {slot!r}: must be a zoo id or an expression, got "
+                                f"{type(text).__name__}")
+    losses = catalog.default().losses
+    if text in losses:
+        if catalog.get(text).signature not in accepted:
+            _fail(file, table, fld, f"slot {slot!r}: zoo loss {text!r} has signature "
+                                    f"{catalog.get(text).signature!r}; {where} takes "
+                                    f"{' or '.join(accepted)}")
+        return
+    errors = []
+    for sig in accepted:
+        try:
+            parse(text, SIGNATURES[sig].names, dict(SIGNATURES[sig].params),
+                  where=f"{fld}.{slot}")
+            return
+        except ExpressionError as err:
+            errors.append(str(err))
+    if re.fullmatch(r"[A-Za-z_]\w*", text.strip()):
+        fitting = [k for k, spec in losses.items() if spec.signature in accepted]
+        _fail(file, table, fld, f"slot {slot!r}: unknown zoo id {text!r}; "
+                                f"{did_you_mean(text, fitting)}")
+    _fail(file, table, fld, f"slot {slot!r}: {text!r} is neither a zoo id nor an expression of "
+                            f"{' or '.join(accepted)}: {errors[0]}")
+
+
 def parse_space(data: dict, name: str, file: str = "<space>") -> Space:
     _known(file, "top level", data, {"search", "proxy", "objective", "slots", "choices",
                                      "validation"})
@@ -208,13 +387,7 @@ def parse_space(data: dict, name: str, file: str = "<space>") -> Space:
             _fail(file, "choices", key, "must be a non-empty list of values")
         choices[key] = tuple(values)
 
-    validation = data.get("validation", {})
-    _known(file, "validation", validation, {"top_k", "seeds", "budget", "scale", "held_out"})
-    held = validation.get("held_out", {})
-    if not isinstance(held, dict):
-        _fail(file, "validation", "held_out", "must be a table of proxy overrides "
-                                             "(scale, seeds, budget, options)")
-    _known(file, "validation.held_out", held, {"scale", "seeds", "budget", "options"})
+    validation = _validation(file, data.get("validation", {}), proxy_name, options, slots)
 
     return Space(
         name=name, description=_get(file, "search", search, "description", str, ""), file=file,
