@@ -71,8 +71,8 @@ def zoo_table(args) -> int:
 
 def markdown_table() -> str:
     cat = catalog.default()
-    lines = ["| id | section | signature | loss | paper | defaults |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| id | section | signature | loss | paper | defaults | scale/shift invariant |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for sec in cat.sections:
         for sub in sec.subsections:
             for spec in sorted((s for s in cat.losses.values() if s.section == sub.id),
@@ -81,8 +81,15 @@ def markdown_table() -> str:
                                      if k != "eps")
                 paper = spec.paper.replace("|", "/")
                 lines.append(f"| `{spec.id}` | {sub.id} | `{spec.signature}` | {spec.title} | "
-                             f"{paper} | {defaults} |")
+                             f"{paper} | {defaults} | {_invariance(spec)} |")
     return "\n".join(lines)
+
+
+def _invariance(spec) -> str:
+    """'yes', 'no: why' or '' (the signature's inputs have no units)."""
+    if spec.invariant is None:
+        return ""
+    return "yes" if spec.invariant else f"no: {spec.not_invariant.replace('|', '/')}"
 
 
 def zoo_show(args) -> int:
@@ -100,6 +107,8 @@ def zoo_show(args) -> int:
     inputs = ", ".join(f"{i.name} {i.shape}" for i in sig.inputs)
     con.print(f"signature:  {sig.name}: ({inputs}) -> {sig.output}")
     con.print(f"properties: {', '.join(spec.properties) or '-'}")
+    if spec.invariant is not None:
+        con.print(f"invariant:  {escape(_invariance(spec))} (to scaling and shifting the image)")
     if spec.reference:
         con.print(f"reference:  {escape(spec.reference)}")
     con.print(f"hash:       {compiled.hash}")

@@ -21,7 +21,7 @@ A search space is a TOML file in ``search_spaces/`` (or any path)::
     [slots.reg]
     signature = "box"
     mode = "tree"                 # tree: search expressions; params: tune a zoo loss's parameters
-    seeds = ["giou", "diou", ...] # zoo ids ("zoo": every zoo loss of the signature)
+    seeds = ["giou", "diou", ...] # zoo ids ("zoo": the well-dimensioned zoo losses)
     primitives = ["add", "sub", ...]
     terminals = ["iou", ...]      # or "all"
     constants = [0.5, 1, 2, 3]
@@ -418,8 +418,8 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
         _fail(file, table, "mode", "must be 'tree' (search expressions) or 'params' (tune a zoo "
                                    "loss's parameters)")
     seeds = body.get("seeds", [])
-    if seeds == "zoo":
-        seeds = [s.id for s in catalog.of_signature(signature)]
+    if seeds == "zoo":  # the ones a search may build on: well-dimensioned
+        seeds = [s.id for s in catalog.of_signature(signature) if s.invariant is not False]
     if not isinstance(seeds, list) or not all(isinstance(s, str) for s in seeds):
         _fail(file, table, "seeds", "must be a list of zoo ids or \"zoo\"")
     for s in seeds:
@@ -429,6 +429,10 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
         if catalog.get(s).signature != signature:
             _fail(file, table, "seeds", f"zoo loss {s!r} has signature "
                                         f"{catalog.get(s).signature!r}, not {signature!r}")
+        if catalog.get(s).invariant is False and mode == "tree":
+            _fail(file, table, "seeds", f"zoo loss {s!r} is not scale invariant "
+                                        f"({catalog.get(s).not_invariant}): a search builds "
+                                        "only well-dimensioned candidates; remove it")
     if mode == "params" and len(seeds) != 1:
         _fail(file, table, "seeds", "mode = 'params' tunes exactly one zoo loss: give one seed")
     prims = body.get("primitives", [n for n in ops.names() if n not in ("stop_grad",)])
