@@ -245,6 +245,9 @@ def test_search_validates_and_reports(tiny, tmp_path):
     assert data["validation"]["rows"][-1]["label"].startswith("zoo seed:")
     assert data["best"] and data["engine_overhead"]["ratio"] is not None
     assert set(data["states"]) >= {"complete", "fail", "pruned"}
+    v = data["verdicts"]
+    assert sum(data["rejected_by"].values()) == v["rejected"] + v["failed"]
+    assert data["rejected_by"].get("units", 0) == sum(data["rejections"].get("units", {}).values())
     report = write_report(search.folder)
     text = report.read_text()
     for piece in ("## Validation", "## Rejections", "best_so_far.png", "loss_curves.png",

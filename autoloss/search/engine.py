@@ -376,7 +376,10 @@ class Search:
             "trials": len(trials), "states": states,
             "verdicts": {"accepted": c.accepted, "rejected": c.rejected, "reused": c.reused,
                          "pruned": c.pruned, "failed": c.failed, "interrupted": c.interrupted},
-            "rejections": reasons, "recovered_on_resume": recovered,
+            "rejections": reasons,
+            # by filter: "units" counts the candidates refused by the dimension check
+            "rejected_by": {f: sum(n.values()) for f, n in sorted(reasons.items())},
+            "recovered_on_resume": recovered,
             "engine_overhead": self.overhead(),
             "best": best, "interrupted": self.interrupted,
             "updated": datetime.now().isoformat(timespec="seconds"),
