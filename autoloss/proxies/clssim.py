@@ -17,6 +17,11 @@ Design note (measured while building it, 3 seeds): with Adam at lr 3e-3 focal (0
 reaches AP about 0.80 against BCE's about 0.62 (BCE's Adam steps are dominated by the
 easy negatives); with SGD + momentum at lr 0.01 the two tie (0.80 vs 0.81). The proxy
 uses Adam, the optimiser of the digits detector and of most small models today.
+
+Loss scale: Adam divides each step by the root of the running mean squared gradient, so
+``k * loss`` trains like ``loss`` except against Adam's eps (1e-8), which matters only for
+k below about 1e-3. Measured (seed 0, default budget): ``k * focal`` for k in 0.1 ... 10
+is within 0.11 % of focal's AP (``benchmarks/scale_fairness.py``).
 """
 from __future__ import annotations
 
