@@ -125,3 +125,21 @@ def evaluate(proxy: str | Proxy, losses: Mapping[str, str | Callable], *, seeds:
         if progress is not None:
             progress((k + 1) * steps, len(seed_list) * steps)
     return result
+
+
+def gradient_scale(loss: CompiledLoss, rows: int = 4096, seed: int = 0) -> float:
+    """The mean L2 norm of a loss's gradient with respect to its prediction, per row, on the
+    signature's probe inputs with predictions near their targets (``sample_near``, float64):
+    how strongly it pulls at weight 1 where a detector spends most of its training.
+
+    A proxy that cannot tell ``k * L`` from ``L`` (boxsim with its calibrated step, Adam on
+    clssim) leaves a searched loss's scale arbitrary; ``weight = gradient_scale(reference)
+    / gradient_scale(candidate)`` gives it the reference's pull, so that it can replace the
+    reference at the reference's weight in a detector (the transfer stage, the export)."""
+    sig = loss.signature
+    inputs = (sig.sample_near or sig.sample)(rows, torch.Generator().manual_seed(seed),
+                                             dtype=torch.float64)
+    pred = inputs[0].clone().requires_grad_(True)
+    value = loss(pred, *inputs[1:])
+    (grad,) = torch.autograd.grad(value.sum(), pred)
+    return float(grad.reshape(rows, -1).norm(dim=1).mean())

@@ -250,8 +250,16 @@ def test_a_candidate_that_holds_up_is_the_winner_and_is_exported(searched):
     source = (search.folder / "best_loss.py").read_text()
     assert f"trial: {best['trial']}" in source and f"holds up in {PROXY}" in source
     pred, target = boxes()
-    expected = trial_loss(search.folder, best["trial"])(pred, target)
+    # boxsim's calibrated step cannot tell a loss from its multiples: the candidate transfers
+    # (and is exported) weighted to the baseline's pull near the target
+    from autoloss.evaluate import gradient_scale
+
+    searched_loss = trial_loss(search.folder, best["trial"])
+    weight = gradient_scale(zoo.compiled("eiou")) / gradient_scale(searched_loss)
+    assert best["weight"] == pytest.approx(weight, rel=1e-3) and best["weight"] != 1.0
+    expected = best["weight"] * searched_loss(pred, target)
     assert torch.allclose(module.SearchedLoss()(pred, target), expected, rtol=1e-5, atol=1e-6)
+    assert "scaled by" in source and "to the pull of eiou" in source
 
 
 def test_when_nothing_holds_up_the_baseline_loss_is_exported(searched):

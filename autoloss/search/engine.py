@@ -29,7 +29,9 @@ import torch
 from optuna.trial import TrialState
 
 from .. import proxies
-from ..evaluate import evaluate
+from .. import expr as E
+from ..compiler import compile_loss
+from ..evaluate import evaluate, gradient_scale, resolve_loss
 from ..proxies.base import CandidateFailure, Pruned
 from . import runs, strategies
 from .candidate import Candidate
@@ -454,6 +456,19 @@ class Search:
         done = [r for r in rows if r.get("trial") is not None and "mean" in r]
         return sorted(done, key=lambda r: r["mean"], reverse=self.space.direction == "maximize")
 
+    def transfer_weight(self, expression, reference: str) -> Optional[float]:
+        """The weight that gives a searched loss the reference loss's pull
+        (:func:`autoloss.evaluate.gradient_scale`), or None where the search proxy scores a
+        multiple of a loss differently (its scale was then searched too)."""
+        if getattr(self.proxy, "gradient_scale_matters", True):
+            return None
+        signature = self.signatures[self.space.validation["transfer"]["searched_slot"]]
+        mine = gradient_scale(compile_loss(expression, signature, mode="search"))
+        theirs = gradient_scale(resolve_loss(reference, [signature], "reference"))
+        if not (math.isfinite(mine) and mine > 0):
+            return None  # no pull near the target: left at weight 1, the proxy judges it
+        return float(f"{theirs / mine:.4g}")
+
     def transfer(self, study, validation: dict) -> dict:
         """The top validated candidates in the transfer proxy, beside the pair's losses for
         its other slots, against the baseline pair over the same seeds (see
@@ -470,8 +485,13 @@ class Search:
         trials = study.get_trials(deepcopy=False) if picks else []
         base_label = " + ".join(t["baseline"][s] for s in task.slots)
         entries = [(base_label, None, None, dict(t["baseline"]))]  # label, trial, candidate
+        weights: dict[int, float] = {}
         for r in picks:
             cand = self.candidate_of(trials[r["trial"]])
+            weight = self.transfer_weight(cand.slots[searched], t["baseline"][slot])
+            if weight is not None:
+                weights[r["trial"]] = weight
+                cand = scaled(cand, searched, weight)
             losses = dict(t["pair"])
             losses[slot] = cand.compiled(searched, self.signatures[searched])
             entries.append((r["label"], r["trial"], cand, losses))
@@ -487,6 +507,8 @@ class Search:
                     ": ")[2]
             row = {"label": label, "trial": number, "losses": {s: shown[s] for s in task.slots},
                    "values": [], "seconds": []}
+            if number in weights:
+                row["weight"] = weights[number]
             for k, seed in enumerate(seeds):
                 start = time.perf_counter()
                 try:
@@ -700,6 +722,13 @@ def _duration(seconds: float) -> str:
 
 def _pm(row: dict) -> str:
     return f"{row['mean']:.4g} ± {row['std']:.2g}"
+
+
+def scaled(cand: Candidate, slot: str, weight: float) -> Candidate:
+    """``cand`` with ``slot``'s loss multiplied by ``weight``."""
+    slots = dict(cand.slots)
+    slots[slot] = E.mul(E.const(weight), slots[slot])
+    return dataclasses.replace(cand, slots=slots)
 
 
 def transfer_verdict(section: dict) -> str:

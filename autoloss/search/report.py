@@ -249,7 +249,12 @@ def transfer_lines(transfer: dict) -> list[str]:
              + f", against the baseline {base['label']}, over the same seeds "
              f"({', '.join(map(str, transfer['seeds']))}{budget}{scale}). A candidate holds up "
              f"when its mean {transfer['metric']} is no worse than the baseline's by more than "
-             "the larger of the two seed stds.", "",
+             "the larger of the two seed stds."
+             + (" The search proxy does not tell a loss from its multiples, so each candidate "
+                "is weighted to the baseline's pull near the target (the mean gradient norm "
+                "of `autoloss.evaluate.gradient_scale`); the formulas below include that "
+                "weight, and so does the exported loss."
+                if any(r.get("weight") is not None for r in transfer["rows"]) else ""), "",
              f"| candidate | {transfer['metric']} mean ± std | per seed | Δ vs baseline | "
              "holds up |", "| --- | --- | --- | --- | --- |"]
     for r in [base] + transfer["rows"]:
@@ -403,7 +408,7 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     """Export a run's trial (default: the validated best) as a standalone module."""
     from optuna.trial import TrialState
 
-    from .engine import Search
+    from .engine import Search, scaled
 
     config, space, study = _load(folder)
     summary = read_json(folder / "summary.json")
@@ -429,6 +434,12 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     if transfer:
         row = next((r for r in transfer["rows"] if r["trial"] == t.number), None)
         extra["transfer"] = _transfer_text(transfer, row)
+        if trial is None and row is not None and row.get("weight") is not None:
+            # the scale it transferred at: the baseline's pull (the search proxy ignores scale)
+            cand = scaled(cand, transfer["settings"]["searched_slot"], row["weight"])
+            extra["weight"] = (f"scaled by {row['weight']:g} to the pull of "
+                               f"{transfer['settings']['baseline'][transfer['settings']['slot']]}"
+                               " near the target, as scored in the transfer proxy")
     prov = export.Provenance(source="autoloss search", run=folder.name, trial=t.number,
                              proxy=space.proxy, metric=space.metric, value=t.values[0],
                              title=f"loss found by autoloss search {space.name}",
