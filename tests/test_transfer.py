@@ -114,7 +114,7 @@ def test_shipped_spaces_transfer_to_digits():
     assert box["transfer"]["pair"] == {"cls": "focal"}
     assert box["transfer"]["baseline"] == {"cls": "focal", "reg": "iou_square"}
     assert (box["transfer"]["top_k"], box["transfer"]["seeds"], box["transfer"]["budget"]) == \
-        (2, 2, 3000)
+        (1, 2, 3000)
     assert [h["name"] for h in box["held_out"]] == ["full", "pixels"]
     assert box["held_out"][1]["options"] == {"unit": 64}
     dense = spaces.load("dense-classification").validation["transfer"]

@@ -284,3 +284,18 @@ def test_export_check_runs_the_unit_probe_in_a_fresh_process(tmp_path):
     giou, mpdiou = export.check_many(items)
     assert giou["units"] == "invariant"
     assert mpdiou["units"].startswith("not scale invariant: for boxes scaled by 0.01")
+
+
+def test_a_signature_regulariser_is_never_searched():
+    """eps is shared with the terminals (iou divides by union + eps): the main job once
+    evolved eps = 0.3034, which the filters (bound at 1e-7) never saw."""
+    from autoloss.search.operators import perturb_constants
+
+    giou = catalog.get("giou").expression
+    rng = random.Random(0)
+    for _ in range(200):
+        child = perturb_constants(rng, giou)
+        assert child is None or E.params(child)["eps"].default == 1e-7
+    bad = E.substitute(giou, {E.params(giou)["eps"]: E.params(giou)["eps"].with_default(0.3)})
+    (v,) = FilterBank({"reg": "box"}).check([Candidate({"reg": bad})])
+    assert v.filter == "compiles" and "'eps' is fixed at 1e-07, got 0.3" in v.reason

@@ -207,7 +207,16 @@ class FilterBank:
 
     def _dimensions(self, candidate: Candidate) -> Optional[Verdict]:
         for slot, name in self.signatures.items():
-            problem = SIGNATURES[name].unit_error(candidate.slots[slot])
+            sig = SIGNATURES[name]
+            for p in E.params(candidate.slots[slot]).values():
+                fixed = sig.params.get(p.name)
+                if fixed is not None and p.default != fixed.default:
+                    # the probes share terminals bound at the signature's value: they would
+                    # judge another loss than the proxy runs
+                    return Verdict(False, "compiles", f"the {name} signature's parameter "
+                                   f"{p.name!r} is fixed at {fixed.default:g}, got "
+                                   f"{p.default:g} (slot {slot!r})")
+            problem = sig.unit_error(candidate.slots[slot])
             if problem:
                 return Verdict(False, "units", f"{problem} (slot {slot!r})")
         return None

@@ -283,9 +283,14 @@ def _depth_at(prefix, i: int) -> int:
 
 
 def perturb_constants(rng: random.Random, tree: Expr, sigma: float = 0.3) -> Optional[Expr]:
-    """Multiply one constant (or one parameter value, within its range) by exp(N(0, sigma))."""
-    nodes = [n for n in E.postorder(tree) if type(n) in (Const, Param)
-             and not (type(n) is Const and (n.value == 0 or math.isinf(n.value)))]
+    """Multiply one constant (or one parameter value, within its range) by exp(N(0, sigma)).
+
+    Parameters without a search range (a signature's ``eps``) are never touched: they are
+    numerical regularisers, shared with the terminals (``iou`` divides by ``union + eps``),
+    and an ``eps`` of 0.3 would make every box loss depend on the units of the image."""
+    nodes = [n for n in E.postorder(tree)
+             if (type(n) is Const and n.value != 0 and not math.isinf(n.value))
+             or (type(n) is Param and n.low is not None)]
     if not nodes:
         return None
     target = rng.choice(nodes)
