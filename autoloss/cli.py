@@ -270,10 +270,7 @@ def export_cmd(args) -> int:
                           trainable_constants=args.trainable_constants, provenance=prov)
     print(f"wrote {path} ({name}, function {export.function_name(name)})")
     if args.check:
-        report = export.check(path, compiled, {k: v for k, v in params.items()})
-        print(f"check: values and gradients agree with the compiled loss in a fresh process "
-              f"(max relative difference {max(report['value'], report['grad']):.2g}, "
-              f"{report['cases']} input sets incl. degenerate ones)")
+        print(export.describe(export.check(path, compiled, {k: v for k, v in params.items()})))
     return 0
 
 

@@ -530,6 +530,18 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
     return reports
 
 
+def describe(report: dict) -> str:
+    """One line for a :func:`check` report (what ``autoloss export --check`` prints)."""
+    line = (f"check: values and gradients agree with the compiled loss in a fresh process "
+            f"(max relative difference {max(report['value'], report['grad']):.2g}, "
+            f"{report['cases']} input sets incl. degenerate ones)")
+    if "units" in report:
+        line += ("; scale and shift invariant (boxes scaled by 1e-2 ... 1e3: values equal to "
+                 "1e-4, gradients 1/s)" if report["units"] == "invariant"
+                 else f"; {report['units']}")
+    return line
+
+
 def _close(a, b, rtol, atol, message, worst, key):
     finite = torch.isfinite(b)
     if not torch.equal(torch.isfinite(a), finite):

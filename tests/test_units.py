@@ -284,6 +284,8 @@ def test_export_check_runs_the_unit_probe_in_a_fresh_process(tmp_path):
     giou, mpdiou = export.check_many(items)
     assert giou["units"] == "invariant"
     assert mpdiou["units"].startswith("not scale invariant: for boxes scaled by 0.01")
+    assert "; scale and shift invariant" in export.describe(giou)
+    assert "; not scale invariant" in export.describe(mpdiou)
 
 
 def test_a_signature_regulariser_is_never_searched():

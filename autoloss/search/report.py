@@ -452,7 +452,7 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
         export.to_file(loss, out, cls, params=cand.params(slot), trainable_constants=trainable,
                        provenance=prov)
         if check:
-            export.check(out, loss, cand.params(slot))
+            print(export.describe(export.check(out, loss, cand.params(slot))))
         return out
     names = {s: (name or "Searched") + s.title().replace("_", "") + "Loss" for s in compiled}
     weights = {k.split(".", 1)[1]: v for k, v in cand.choices.items() if k.startswith("weights.")}
@@ -461,8 +461,10 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
                                           {s: cand.params(s) for s in compiled},
                                           weights, others, prov))
     if check:  # every slot's function against its compiled loss, in one fresh process
-        export.check_many([(out, loss, cand.params(s), export.function_name(names[s]))
-                           for s, loss in compiled.items()])
+        for report in export.check_many([(out, loss, cand.params(s),
+                                          export.function_name(names[s]))
+                                         for s, loss in compiled.items()]):
+            print(export.describe(report))
     return out
 
 
@@ -515,7 +517,7 @@ def _export_baseline(folder: Path, space, transfer: dict, output, name, trainabl
     export.to_file(compiled, out, name or "SearchedLoss", trainable_constants=trainable,
                    provenance=prov)
     if check:
-        export.check(out, compiled, {})
+        print(export.describe(export.check(out, compiled, {})))
     return out
 
 
