@@ -272,18 +272,21 @@ def compare_scales(value: torch.Tensor, grads: Mapping[str, torch.Tensor],
     v = value.detach().double().reshape(k, -1)
     ref = v[ref_index]
     tol = rtol * ref.abs() + 1e-9 * (1 + float(ref.abs().max()))
-    for s, row in zip(scales, v):
-        bad = (row - ref).abs() > tol
-        if bad.any():
-            i = int(bad.nonzero()[0])
-            return (f"not scale invariant: for boxes scaled by {s:g} (and shifted) the loss is "
-                    f"{float(row[i]):.6g} instead of {float(ref[i]):.6g}")
-    for name, g in grads.items():
-        g = g.detach().double().reshape(k, v.shape[1], -1)
-        ref_g = g[ref_index]
-        gtol = 1e-3 * ref_g.abs() + 1e-6 * (float(ref_g.abs().max()) + 1e-12)
-        for s, row in zip(scales, g):
-            if ((row * s - ref_g).abs() > gtol).any():
-                return (f"not scale invariant: for boxes scaled by {s:g} the gradient "
-                        f"d/d{name} is not 1/{s:g} times the unscaled one")
+    bad = (v - ref).abs() > tol
+    if bool(bad.any()):
+        s, i = (int(x) for x in bad.nonzero()[0])
+        return (f"not scale invariant: for boxes scaled by {scales[s]:g} (and shifted) the loss "
+                f"is {float(v[s, i]):.6g} instead of {float(ref[i]):.6g}")
+    if not grads:
+        return None
+    names = list(grads)
+    g = torch.stack([grads[n].detach().double().reshape(k, -1) for n in names], 1)
+    g = g * torch.tensor(scales, dtype=g.dtype)[:, None, None]  # (scale, column, row)
+    ref_g = g[ref_index]
+    gtol = 1e-3 * ref_g.abs() + 1e-6 * (ref_g.abs().amax(1, keepdim=True) + 1e-12)
+    bad = (g - ref_g).abs() > gtol
+    if bool(bad.any()):
+        s, c, _ = (int(x) for x in bad.nonzero()[0])
+        return (f"not scale invariant: for boxes scaled by {scales[s]:g} the gradient "
+                f"d/d{names[c]} is not 1/{scales[s]:g} times the unscaled one")
     return None
