@@ -19,6 +19,7 @@ from .compiler import CompiledLoss, compile_loss
 from .errors import AutolossError, ExpressionError
 from .parse import parse
 from .proxies.base import CandidateFailure, Proxy, slot_signatures
+from .proxies.base import gradient_scale as row_gradient_scale
 from .signatures import SIGNATURES
 
 
@@ -142,4 +143,4 @@ def gradient_scale(loss: CompiledLoss, rows: int = 4096, seed: int = 0) -> float
     pred = inputs[0].clone().requires_grad_(True)
     value = loss(pred, *inputs[1:])
     (grad,) = torch.autograd.grad(value.sum(), pred)
-    return float(grad.reshape(rows, -1).norm(dim=1).mean())
+    return row_gradient_scale(grad)

@@ -497,8 +497,7 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
         cases = [sig.sample(64, g, dtype=torch.float64), sig.sample(3, g, dtype=torch.float64),
                  sig.degenerate(torch.float64)]
         if sig.has_units:  # last: the unit probe, pixel-sized boxes scaled 1e-2 ... 1e3
-            base = sig.rescale(*sig.sample(32, g, dtype=torch.float64), 10.0, 0.0)
-            cases.append(units.scale_probe(base, sig.rescale)[0])
+            cases.append(units.probe_inputs(sig, 32, g)[0])
         jobs.append((str(path), function[0] if function else function_name(_class_name_in(Path(path))),
                      [(list(c), [0]) for c in cases]))
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,10 +95,6 @@ NAMED = {"dimensionless": DIMENSIONLESS, "length": LENGTH, "area": AREA, "positi
 RULES = ops.UNIT_RULES
 
 
-def length(power) -> Dim:
-    return Dim(Fraction(power))
-
-
 # --------------------------------------------------------------------------- inference
 def infer(root: Expr, names: Mapping[str, Dim], params: Optional[Mapping[str, Dim]] = None,
           memo: Optional[dict] = None) -> Dim:
@@ -143,6 +139,9 @@ def _unify(node: Call, args: Sequence[Expr], dims: Sequence[Dim], what: str) -> 
         if d != pairs[0][1]:
             _fail(node, f"{what} {_a(pairs[0][1])} (`{_text(pairs[0][0], 40)}`) and {_a(d)} "
                         f"(`{_text(a, 40)}`)")
+    if pairs and pairs[0][1].weight and len(pairs) < len(args):
+        _fail(node, f"{what} a position (`{_text(pairs[0][0], 40)}`) and a number: it changes "
+                    "when the image is shifted")
     return pairs[0][1] if pairs else FREE
 
 
@@ -154,6 +153,11 @@ def _invariant(node: Call, d: Dim, what: str) -> None:
 
 def _apply(node: Call, dims: list[Dim]) -> Dim:
     rule = ops.get(node.op).units
+    if rule in ("product", "power", "root"):
+        # eps takes the dimension of what it is added to; multiplied, divided or raised it
+        # is a plain (dimensionless) number: pw / eps is a length
+        dims = [DIMENSIONLESS if d.free and type(a) is not Const else d
+                for a, d in zip(node.args, dims)]
     if rule == "pure":
         for a, d in zip(node.args, dims):
             if not d.dimensionless:
@@ -162,6 +166,8 @@ def _apply(node: Call, dims: list[Dim]) -> Dim:
     if rule == "sum":
         a, b = dims
         if a.free or b.free:
+            if a.free and not b.free and node.op == "sub":
+                return Dim(b.power, -b.weight)
             return b if a.free else a
         if a.power != b.power:
             _fail(node, f"{'adds' if node.op == 'add' else 'subtracts'} {_a(b)} "
@@ -173,13 +179,14 @@ def _apply(node: Call, dims: list[Dim]) -> Dim:
         d = _unify(node, node.args, dims, "compares" if ops.get(node.op).comparison else "mixes")
         return DIMENSIONLESS if ops.get(node.op).comparison else d
     if rule == "select":
+        _invariant(node, dims[0], "tests")
         return _unify(node, node.args[1:], dims[1:], "selects between")
     if rule == "keep":
         (d,) = dims
         if node.op in ("neg",):
             return Dim(d.power, -d.weight, d.free)
         if node.op in ("abs", "relu"):
-            _invariant(node, d, "takes the absolute value or sign of")
+            _invariant(node, d, f"takes the {'absolute value' if node.op == 'abs' else 'positive part'} of")
         return d
     if rule == "sign":
         (d,) = dims
@@ -231,7 +238,7 @@ def _apply(node: Call, dims: list[Dim]) -> Dim:
 def _number(node: Expr) -> Optional[Fraction]:
     """A constant's value as a fraction (positions may be scaled by numbers only)."""
     if type(node) is Const and math.isfinite(node.value):
-        return Fraction(node.value).limit_denominator(1000)
+        return Fraction(node.value)  # exact: 0.3333 is not 1/3
     if type(node) is Call and node.op == "neg":
         inner = _number(node.args[0])
         return None if inner is None else -inner
@@ -253,6 +260,14 @@ def check(root: Expr, names: Mapping[str, Dim], params: Optional[Mapping[str, Di
 
 # ----------------------------------------------------------------------- numeric probe
 SCALES = (1e-2, 1.0, 1e2, 1e3)
+
+
+def probe_inputs(signature, rows: int, generator: torch.Generator):
+    """The unit probe of a signature with units: ``rows`` pixel-sized samples (the
+    signature's ``sample`` times 10, so ``eps`` stays negligible at scale 1e-2), at every
+    scale of :data:`SCALES` (see :func:`scale_probe`)."""
+    base = signature.rescale(*signature.sample(rows, generator, dtype=torch.float64), 10.0, 0.0)
+    return scale_probe(base, signature.rescale)
 
 
 def scale_probe(inputs: Sequence[torch.Tensor], rescale, scales: Sequence[float] = SCALES,

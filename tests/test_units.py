@@ -62,6 +62,8 @@ def test_box_terminals_are_inferred_from_positions():
     ("min(pw, tw) / max(ph, th)", DIMENSIONLESS),
     ("iou ** (1 + iou)", DIMENSIONLESS),
     ("stop_grad(diag2) * 0", units.FREE),
+    ("(px1 + (0 - px2)) / pw", DIMENSIONLESS),
+    ("0 - px1", units.Dim(units.Fraction(1), units.Fraction(-1))),
 ])
 def test_dimensions_are_inferred(text, dim):
     assert units.infer(box(text), BOX.dims, BOX.param_units) == dim
@@ -77,6 +79,12 @@ def test_dimensions_are_inferred(text, dim):
     ("iou ** pw", "iou ** pw", "exponents must be dimensionless"),
     ("pw ** iou / pw", "pw ** iou", "non-constant power"),
     ("1 - iou + (pw < rho2)", "pw < rho2", "compares"),
+    ("((0 - px1) - px1) / pw", "(0 - px1 - px1) / pw", "divides a position"),
+    ("1 - iou + (px1 > 0)", "px1 > 0", "a position (`px1`) and a number"),
+    ("1 - iou + (min(px1, 0) - min(tx1, 0)) / pw", "min(px1, 0)", "a position"),
+    ("1 - iou + where(px1, iou, 1)", "where(px1, iou, 1)", "tests a position"),
+    ("(px1 * 0.3333 - px2 / 3) / pw", "(px1 * 0.3333 - px2 / 3) / pw", "divides a position"),
+    ("1 - iou + pw / eps", "1 - iou + pw / eps", "adds a length"),
 ])
 def test_ill_formed_expressions_name_the_offending_subexpression(text, culprit, words):
     with pytest.raises(units.DimensionError) as err:
@@ -95,9 +103,7 @@ def test_a_loss_of_the_wrong_dimension_is_refused():
 
 # ---------------------------------------------------------------------------------- zoo
 def _pixel_probe(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = BOX.rescale(*BOX.sample(48, g), 10.0, 0.0)
-    return units.scale_probe(base, BOX.rescale)
+    return units.probe_inputs(BOX, 48, torch.Generator().manual_seed(seed))
 
 
 def numeric_problem(loss, probe=None):
@@ -218,6 +224,23 @@ def test_generation_mutation_and_crossover_build_only_well_dimensioned_trees(see
         assert tree == parent or (E.depth(tree) <= g.max_depth and E.size(tree) <= g.max_nodes)
 
 
+@pytest.mark.parametrize("text", ["1 - iou + pw * (iou / tw)", "1 - iou + rho2 * pw / (diag2 * tw)",
+                                  "1 - iou + sqrt(rho2 * pw * ch) / diag2"])
+def test_operators_edit_trees_holding_dimensions_without_leaves(text):
+    """A length^3 or 1/length inside an evolved tree: no leaf has it, so nothing is grown
+    there, and editing such a tree must neither crash nor leave the dimensions."""
+    g = GRAMMARS[0]
+    tree = box(text)
+    for seed in range(200):
+        rng = random.Random(seed)
+        child, _ = mutate(rng, tree, g)
+        mixed = crossover(rng, tree, rng.choice(SEEDS), g)
+        assert g.unit_error(child) is None and g.unit_error(mixed) is None
+    for d in (units.Dim(units.Fraction(-1)), units.Dim(units.Fraction(3))):
+        assert g.ops_for(d) == [] or all(g._splits(p, d) for p in g.ops_for(d)
+                                         if ops.get(p).units == "product")
+
+
 def test_typed_generation_still_explores_the_dimensions():
     """Not just iou and constants: areas over areas, lengths over lengths, roots, powers."""
     g = GRAMMARS[0]
@@ -253,9 +276,20 @@ def test_units_filter_rejects_with_the_reason_and_keeps_the_invariant():
              "(1 - iou) * exp(rho2 / diag2)"]
     v = bank.check([Candidate({"reg": box(t)}) for t in texts])
     assert v[0].filter == "units" and "`min(0.5598, ch * diag2)`" in v[0].reason
-    # symbolically fine (eps is free), caught by the numeric probe at scale 1e3
-    assert v[1].filter == "units" and "not scale invariant" in v[1].reason
+    # eps is free where it is added; multiplied it is a number: eps * rho2 is an area
+    assert v[1].filter == "units" and "adds an area" in v[1].reason
     assert v[2].ok and v[3].ok
+
+
+def test_the_numeric_probe_backs_the_symbolic_check(monkeypatch):
+    """With the symbolic check switched off, the probe alone refuses a pixel constant."""
+    monkeypatch.setattr(type(BOX), "unit_error", lambda self, e, params=None: None)
+    bank = FilterBank({"reg": "box"})
+    bad, good = (Candidate({"reg": box(t)}) for t in ("1 - iou + rho2 / (diag2 + 1)",
+                                                       "1 - iou + rho2 / (diag2 + eps)"))
+    v_bad, v_good = bank.check([bad, good])
+    assert v_bad.filter == "units" and "not scale invariant" in v_bad.reason
+    assert "for boxes scaled by 0.01" in v_bad.reason and v_good.ok
 
 
 def test_search_spaces_seed_only_well_dimensioned_zoo_losses(tmp_path):

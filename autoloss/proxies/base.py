@@ -102,6 +102,12 @@ def slot_signatures(proxy: Proxy, slot: str) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def gradient_scale(grad: torch.Tensor) -> float:
+    """How strongly a loss pulls: the mean over the rows of the L2 norm of each row's
+    gradient (boxsim's step calibration; the transfer stage's weights)."""
+    return float(grad.reshape(len(grad), -1).norm(dim=1).mean(dtype=torch.float64))
+
+
 def finite(value: torch.Tensor | float, what: str) -> float:
     """The value as a float, or a CandidateFailure naming what went non-finite."""
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

@@ -38,7 +38,8 @@ from typing import Callable, Literal, Mapping, Optional
 import torch
 
 from ..errors import AutolossError, did_you_mean
-from .base import CandidateFailure, Metrics, check_losses, finite, no_report, seeded
+from .base import (CandidateFailure, Metrics, check_losses, finite, gradient_scale, no_report,
+                   seeded)
 from .geometry import aligned_iou, xywh_to_xyxy
 
 ASPECTS = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)
@@ -88,11 +89,6 @@ def gradient(loss: Callable, boxes: torch.Tensor, target_xyxy: torch.Tensor,
     finite(value, what)
     (grad,) = torch.autograd.grad(value, b)
     return grad
-
-
-def gradient_scale(grad: torch.Tensor) -> float:
-    """G: the mean over the cases of the L2 norm of each case's gradient."""
-    return float(grad.norm(dim=1).mean(dtype=torch.float64))
 
 
 _reference_scales: dict[tuple, float] = {}

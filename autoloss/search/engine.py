@@ -379,7 +379,8 @@ class Search:
             "verdicts": {"accepted": c.accepted, "rejected": c.rejected, "reused": c.reused,
                          "pruned": c.pruned, "failed": c.failed, "interrupted": c.interrupted},
             "rejections": reasons,
-            # by filter: "units" counts the candidates refused by the dimension check
+            # by filter ("proxy": failed on the proxy); "units": refused by the dimension
+            # check or the numeric unit probe
             "rejected_by": {f: sum(n.values()) for f, n in sorted(reasons.items())},
             "recovered_on_resume": recovered,
             "engine_overhead": self.overhead(),

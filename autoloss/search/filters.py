@@ -140,8 +140,7 @@ class FilterBank:
             sig = SIGNATURES[name]
             scaled = None
             if sig.has_units:  # pixel-sized boxes, then scaled and shifted
-                base = sig.rescale(*sig.sample(16, g, dtype=torch.float64), 10.0, 0.0)
-                scaled = units.scale_probe(base, sig.rescale)
+                scaled = units.probe_inputs(sig, 16, g)
             self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
                                         sig.degenerate(torch.float64), scaled)
             self.convergence[slot] = PopulationEvaluator(sig, convergence_inputs(name, seed=seed),

@@ -98,8 +98,10 @@ class Grammar:
                 ok = Dim(dim.power * 2) in self._by_dim
             elif op.units == "power":
                 ok = bool(self.exponents_for(dim))
+            elif op.units == "product":
+                ok = bool(self._splits(p, dim))
             else:
-                ok = True
+                ok = dim in self._by_dim  # sum, same, keep, select: arguments of dim itself
             if ok:
                 out.append(p)
         return out
@@ -123,14 +125,15 @@ class Grammar:
         if op.units == "select":
             return [DIMENSIONLESS, dim, dim]
         if op.units == "product":
-            if name == "mul":
-                splits = [d for d in self.leaf_dims if Dim(dim.power - d.power) in self._by_dim]
-                d = pick("dim", splits)
-                return [d, Dim(dim.power - d.power)]
-            splits = [d for d in self.leaf_dims if Dim(dim.power + d.power) in self._by_dim]
-            d = pick("dim", splits)
-            return [Dim(dim.power + d.power), d]
+            d = pick("dim", self._splits(name, dim))
+            return [d, Dim(dim.power - d.power)] if name == "mul" else [Dim(dim.power + d.power), d]
         return [dim] * op.arity  # sum, same, keep
+
+    def _splits(self, name: str, dim: Dim) -> list[Dim]:
+        """The leaf dimensions ``d`` of the second factor of ``mul`` (``d * (dim / d)``) or
+        of the divisor of ``div`` (``(dim * d) / d``) that leave a leaf dimension."""
+        sign = -1 if name == "mul" else 1
+        return [d for d in self.leaf_dims if Dim(dim.power + sign * d.power) in self._by_dim]
 
     # -- growing ----------------------------------------------------------------------------
     def leaves(self, dim: Dim = DIMENSIONLESS) -> list[Expr]:
@@ -225,7 +228,7 @@ def _mutate(rng, tree, grammar, kind) -> Optional[Expr]:
     if dim.free:
         dim = DIMENSIONLESS
     if kind == "subtree":
-        if dim.weight:  # positions only enter through inherited differences
+        if dim not in grammar.leaf_dims:  # positions, volumes: only inherited, never grown
             return None
         room = max(2, grammar.max_depth - _depth_at(prefix, i))
         return _replace(prefix, i, grammar.tree(rng, max_depth=min(room, 4), dim=dim))
@@ -240,7 +243,7 @@ def _mutate(rng, tree, grammar, kind) -> Optional[Expr]:
             return E.from_prefix(new)
         if type(token) is Const and grammar.constants:
             return _replace(prefix, i, Const(rng.choice(grammar.constants)))
-        return None if dim.weight else _replace(prefix, i, grammar.leaf(rng, dim))
+        return _replace(prefix, i, grammar.leaf(rng, dim)) if dim in grammar.leaf_dims else None
     if kind == "insert":
         unary = grammar.by_arity.get(1, [])
         binary = grammar.by_arity.get(2, [])

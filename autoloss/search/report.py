@@ -434,6 +434,9 @@ def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str]
     if transfer:
         row = next((r for r in transfer["rows"] if r["trial"] == t.number), None)
         extra["transfer"] = _transfer_text(transfer, row)
+        if trial is not None and row is not None and row.get("weight") is not None:
+            extra["weight"] = (f"exported as searched, unweighted; the transfer proxy scored "
+                               f"it at weight {row['weight']:g} (--best exports that)")
         if trial is None and row is not None and row.get("weight") is not None:
             # the scale it transferred at: the baseline's pull (the search proxy ignores scale)
             cand = scaled(cand, transfer["settings"]["searched_slot"], row["weight"])
