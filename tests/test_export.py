@@ -185,7 +185,8 @@ def test_joint_search_exports_one_module_with_a_class_per_slot(tmp_path):
     # --check of a joint run: each slot's function against its compiled loss
     reports = export.check_many([(path, losses["cls"], {"gamma": 1.5}, "searched_cls_loss"),
                                  (path, losses["reg"], {}, "searched_reg_loss")])
-    assert [r["cases"] for r in reports] == [3, 3]
+    assert [r["cases"] for r in reports] == [3, 4]  # the box slot also gets the unit probe
+    assert "units" not in reports[0] and reports[1]["units"] == "invariant"
     with pytest.raises(AutolossError, match="values differ"):
         export.check_many([(path, losses["cls"], {"gamma": 2.0}, "searched_cls_loss")])
     with pytest.raises(AutolossError):
