@@ -186,7 +186,8 @@ def _apply(node: Call, dims: list[Dim]) -> Dim:
         if node.op in ("neg",):
             return Dim(d.power, -d.weight, d.free)
         if node.op in ("abs", "relu"):
-            _invariant(node, d, f"takes the {'absolute value' if node.op == 'abs' else 'positive part'} of")
+            what = "absolute value" if node.op == "abs" else "positive part"
+            _invariant(node, d, f"takes the {what} of")
         return d
     if rule == "sign":
         (d,) = dims

@@ -457,18 +457,24 @@ class Search:
         done = [r for r in rows if r.get("trial") is not None and "mean" in r]
         return sorted(done, key=lambda r: r["mean"], reverse=self.space.direction == "maximize")
 
-    def transfer_weight(self, expression, reference: str) -> Optional[float]:
-        """The weight that gives a searched loss the reference loss's pull
-        (:func:`autoloss.evaluate.gradient_scale`), or None where the search proxy scores a
-        multiple of a loss differently (its scale was then searched too)."""
+    def reference_pull(self, reference: str, signature: str) -> Optional[float]:
+        """The reference loss's pull (:func:`autoloss.evaluate.gradient_scale`), or None
+        where the search proxy scores a multiple of a loss differently (a candidate's scale
+        was then searched too, and it transfers as it is)."""
         if getattr(self.proxy, "gradient_scale_matters", True):
+            return None
+        return gradient_scale(resolve_loss(reference, [signature], "reference"))
+
+    def transfer_weight(self, expression, pull: Optional[float]) -> Optional[float]:
+        """The weight that gives a searched loss the reference's ``pull``, or None (no
+        reference pull, or the loss has none near the target: weight 1, the proxy judges)."""
+        if pull is None:
             return None
         signature = self.signatures[self.space.validation["transfer"]["searched_slot"]]
         mine = gradient_scale(compile_loss(expression, signature, mode="search"))
-        theirs = gradient_scale(resolve_loss(reference, [signature], "reference"))
         if not (math.isfinite(mine) and mine > 0):
-            return None  # no pull near the target: left at weight 1, the proxy judges it
-        return float(f"{theirs / mine:.4g}")
+            return None
+        return float(f"{pull / mine:.4g}")
 
     def transfer(self, study, validation: dict) -> dict:
         """The top validated candidates in the transfer proxy, beside the pair's losses for
@@ -487,9 +493,11 @@ class Search:
         base_label = " + ".join(t["baseline"][s] for s in task.slots)
         entries = [(base_label, None, None, dict(t["baseline"]))]  # label, trial, candidate
         weights: dict[int, float] = {}
+        pull = self.reference_pull(t["baseline"][slot], self.signatures[searched]) if picks \
+            else None
         for r in picks:
             cand = self.candidate_of(trials[r["trial"]])
-            weight = self.transfer_weight(cand.slots[searched], t["baseline"][slot])
+            weight = self.transfer_weight(cand.slots[searched], pull)
             if weight is not None:
                 weights[r["trial"]] = weight
                 cand = scaled(cand, searched, weight)
@@ -721,7 +729,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def _pm(row: dict) -> str:
+def mean_std(row: dict) -> str:
+    """A row's mean and seed std, as the verdicts and the report print them."""
     return f"{row['mean']:.4g} ± {row['std']:.2g}"
 
 
@@ -741,8 +750,8 @@ def transfer_verdict(section: dict) -> str:
     fallback = f"best_loss.py holds the baseline's {settings['baseline'][settings['slot']]}"
     winner = section.get("winner")
     if winner is not None:
-        return (f"{winner['label']} transfers: {proxy} {metric} {_pm(winner)} vs "
-                f"{base['label']} {_pm(base)}")
+        return (f"{winner['label']} transfers: {proxy} {metric} {mean_std(winner)} vs "
+                f"{base['label']} {mean_std(base)}")
     rows = section.get("rows", [])
     if not rows:
         return (f"no candidate to transfer (none passed validation on the search proxy); "
@@ -756,5 +765,5 @@ def transfer_verdict(section: dict) -> str:
                 f"{rows[0]['failed']}); {fallback}")
     best = sorted(scored, key=lambda r: r["mean"],
                   reverse=section["direction"] == "maximize")[0]
-    return (f"no candidate transfers: best {best['label']} {proxy} {metric} {_pm(best)} vs "
-            f"{base['label']} {_pm(base)}; {fallback}")
+    return (f"no candidate transfers: best {best['label']} {proxy} {metric} {mean_std(best)} vs "
+            f"{base['label']} {mean_std(base)}; {fallback}")

@@ -67,9 +67,7 @@ class Grammar:
 
     # -- dimensions -------------------------------------------------------------------------
     def unit_error(self, node: Expr) -> Optional[str]:
-        if self.signature is None:
-            return None
-        return units.check(node, self.signature.dims, self.param_units, self.want)
+        return None if self.signature is None else self.signature.unit_error(node)
 
     def dims_of(self, node: Expr) -> Optional[dict[Expr, Dim]]:
         """The dimension of every subtree of ``node``, or None if it is ill-formed."""

@@ -22,6 +22,7 @@ from .. import expr as E
 from ..errors import AutolossError
 from ..proxies.geometry import aligned_iou
 from .candidate import Candidate
+from .engine import mean_std
 from .runs import read_json
 from .space import parse_space
 
@@ -233,10 +234,6 @@ def _settings_text(variant: dict) -> str:
     return ", ".join(parts) or "the proxy's defaults"
 
 
-def _pm(r: dict, digits: int = 4) -> str:
-    return f"{r['mean']:.{digits}g} ± {r['std']:.2g}"
-
-
 def transfer_lines(transfer: dict) -> list[str]:
     """The report's "Transfer to <proxy>" section (markdown lines)."""
     st, base = transfer["settings"], transfer["baseline"]
@@ -266,7 +263,7 @@ def transfer_lines(transfer: dict) -> list[str]:
         per = ", ".join(f"{v:.4g}" for v in r["values"])
         delta = f"{r['delta']:+.4g}" if r.get("delta") is not None else ""
         holds = "" if r["trial"] is None else ("**yes**" if r.get("holds") else "no")
-        lines.append(f"| {head} | {_pm(r)} | {per} | {delta} | {holds} |")
+        lines.append(f"| {head} | {mean_std(r)} | {per} | {delta} | {holds} |")
     lines += ["", f"**Verdict:** {transfer['verdict']}."]
     return lines
 
@@ -485,9 +482,9 @@ def _transfer_text(transfer: dict, row: Optional[dict]) -> str:
         return f"not scored in {transfer['proxy']} (not among the top validated candidates)"
     if "failed" in row:
         return f"failed in {transfer['proxy']}: {row['failed']}"
-    against = f"vs {base['label']} {_pm(base)}" if "mean" in base else ""
+    against = f"vs {base['label']} {mean_std(base)}" if "mean" in base else ""
     word = "holds up" if row.get("holds") else "does not hold up"
-    return f"{word} in {transfer['proxy']}: {transfer['metric']} {_pm(row)} {against}".strip()
+    return f"{word} in {transfer['proxy']}: {transfer['metric']} {mean_std(row)} {against}".strip()
 
 
 def _export_baseline(folder: Path, space, transfer: dict, output, name, trainable,
@@ -502,7 +499,7 @@ def _export_baseline(folder: Path, space, transfer: dict, output, name, trainabl
     compiled = resolve_loss(loss_text, (signature,), slot)
     is_zoo = loss_text in catalog.default().losses
     base = transfer["baseline"]
-    standing = (f"{transfer['metric']} {_pm(base)} over seeds "
+    standing = (f"{transfer['metric']} {mean_std(base)} over seeds "
                 f"{', '.join(map(str, transfer['seeds']))}" if "mean" in base
                 else f"failed: {base.get('failed')}")
     why = (f"exported in place of the searched candidates: none held up in "
@@ -553,7 +550,7 @@ def print_summary(summary: dict, console) -> None:
             if "failed" in r:
                 text = f"failed: {r['failed']}"
             else:
-                text = f"{_pm(r)}"
+                text = f"{mean_std(r)}"
                 if r["trial"] is None:
                     text += "  (baseline)"
                 else:
