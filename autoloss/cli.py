@@ -22,6 +22,7 @@ from rich.table import Table
 
 from . import catalog
 from .errors import AutolossError
+from .signatures import SIGNATURES
 
 
 def _console() -> Console:
@@ -253,7 +254,7 @@ def export_cmd(args) -> int:
         default_name = "".join(w.title() for w in args.zoo.split("_")) + "Loss"
     elif args.expr:
         if not args.signature:
-            raise AutolossError("--expr needs --signature (box, coord, sigmoid, softmax, dist)")
+            raise AutolossError(f"--expr needs --signature ({', '.join(SIGNATURES)})")
         compiled = resolve_loss(f"{args.signature}:{args.expr}", (args.signature,), "custom",
                                 params=params)
         prov = export.Provenance(source="hand-written expression", formula=args.expr)
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "transfer proxy, or the baseline's loss when none does (the default)")
     ex.add_argument("--zoo", metavar="ID", help="export a zoo loss")
     ex.add_argument("--expr", help="export a hand-written expression (with --signature)")
-    ex.add_argument("--signature", help="signature of --expr: box, coord, sigmoid, softmax, dist")
+    ex.add_argument("--signature", help="signature of --expr: " + ", ".join(SIGNATURES))
     ex.add_argument("-o", "--output", help="file to write (default: <name>.py)")
     ex.add_argument("--name", help="class name, e.g. MyLoss (the function is my_loss)")
     ex.add_argument("--param", action="append", metavar="KEY=VALUE", help="a parameter value")

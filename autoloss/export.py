@@ -36,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from . import __version__, codegen, units
+from . import __version__, codegen, runtime, units
 from . import expr as E
 from .compiler import CompiledLoss
 from .errors import AutolossError, ExpressionError
@@ -78,90 +78,20 @@ def function_name(name: str) -> str:
     return s if s.endswith("loss") else s + "_loss"
 
 
-# --------------------------------------------------------------------- signature glue
-# The tiny, TorchScript-compatible code that turns a signature's inputs into the columns
-# the generated functions take. Differentiable (autograd carries column gradients back).
-_COLUMNS = {
-    "box": ("pred: Tensor, target: Tensor", '''\
-    if pred.dim() != 2 or pred.shape[1] != 4:
-        raise ValueError(f"pred must have shape (N, 4), got {list(pred.shape)}")
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
-    return list(pred.unbind(1)) + list(target.unbind(1))''', "pred, target", "(N,)"),
-    "coord": ("pred: Tensor, target: Tensor", '''\
-    if pred.dim() != 2 or pred.shape[1] != 4:
-        raise ValueError(f"pred must have shape (N, 4), got {list(pred.shape)}")
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
-    return [pred, target]''', "pred, target", "(N, 4)"),
-    "sigmoid": ("logits: Tensor, target: Tensor", '''\
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (N, C), got {list(logits.shape)}")
-    if target.shape != logits.shape:
-        raise ValueError(f"target must have logits' shape {list(logits.shape)}, got {list(target.shape)}")
-    return [logits, target]''', "logits, target", "(N, C)"),
-    "softmax": ("logits: Tensor, labels: Tensor, quality: Optional[Tensor] = None", '''\
-    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"logits must be (N, C) and labels (N,), got {list(logits.shape)} and {list(labels.shape)}")
-    logp = torch.log_softmax(logits, 1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
-    if quality is None:
-        q = torch.ones_like(logp)
-    else:
-        q = quality.to(logp.dtype)
-    return [logp, q]''', "logits, labels, quality", "(N,)"),
-    "dist": ("logits: Tensor, target: Tensor", '''\
-    if logits.dim() != 2 or target.shape != logits.shape[:1]:
-        raise ValueError(f"logits must be (N, B) and target (N,), got {list(logits.shape)} and {list(target.shape)}")
-    y = target.to(logits.dtype)
-    yl = torch.floor(y).detach()
-    left = yl.long().unsqueeze(1)
-    logp_all = torch.log_softmax(logits, 1)
-    return [y, yl, logp_all.gather(1, left).squeeze(1), logp_all.gather(1, left + 1).squeeze(1)]''',
-             "logits, target", "(N,)"),
-}
-
-_RUNTIME = '''
-_CHUNK = 65536  # elements per column evaluated at once: temporaries stay in cache
-
-
-def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor], avg_factor: Optional[float]) -> Tensor:
-    if weight is not None:
-        if weight.dim() == 1 and loss.dim() == 2:
-            weight = weight.unsqueeze(1)
-        loss = loss * weight
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        if avg_factor is not None:
-            return loss.sum() / (avg_factor + 1.1920928955078125e-07)
-        if loss.numel() == 0:
-            return 0.0 * loss.sum()
-        return loss.mean()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction}")
-
+_FUSED = '''
 
 class _Fused(torch.autograd.Function):
     """Value and closed-form gradient in one pass (eager mode only)."""
 
     @staticmethod
     def forward(ctx, params, *cols):
-        n = cols[0].shape[0] if cols[0].dim() > 0 else 1
-        width = max(1, cols[0].numel() // max(n, 1))
-        step = max(1, _CHUNK // width)
         if cols[0].numel() <= 2 * _CHUNK:
             out = _value_and_grad(*[c.contiguous() for c in cols], *params)
             value, grads = out[0], list(out[1:])
         else:
             value = torch.empty(cols[0].shape, dtype=cols[0].dtype, device=cols[0].device)
-            grads = [None if g is None else torch.zeros_like(cols[k]) for k, g in enumerate(_NEEDS)]
-            for start in range(0, n, step):
-                out = _value_and_grad(*[c[start:start + step].contiguous() for c in cols], *params)
-                value[start:start + step] = out[0]
-                for k, g in enumerate(out[1:]):
-                    if g is not None:
-                        grads[k][start:start + step] = g
+            grads = [None if g is None else torch.empty_like(cols[k]) for k, g in enumerate(_NEEDS)]
+            _run_chunks(_value_and_grad, list(cols), params, value, grads)
         ctx.grads = grads
         return value
 
@@ -216,7 +146,8 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
         tensor_src = codegen.function(
             "_value_tensor_params", sig.columns, values, [("loss", compiled.graph)],
             compiled.names, tensor_params=set(own))
-    args, body, call_inputs, out_shape = _COLUMNS[sig.name]
+    args, body = sig.export_columns
+    call_inputs, out_shape = sig.call_inputs, sig.output
     inputs_doc = "\n".join(f"        {i.name}: {i.shape} {_text(i.doc)}" for i in sig.inputs)
     param_doc = "\n".join(
         f"        {k} = {v!r}" + (f" (search range [{compiled.params[k].low:g}, "
@@ -261,7 +192,8 @@ def _columns({args}) -> List[Tensor]:
 
 _NEEDS = {needs_list}
 _MASK = {mask}
-{_RUNTIME}
+
+{runtime.source()}{_FUSED}
 
 def _fusable(cols: List[Tensor]) -> bool:
     # the exported fused gradient covers the prediction-side columns; anything else
@@ -322,7 +254,7 @@ from torch import Tensor
 
 
 _PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_columns", "_NEEDS", "_MASK",
-            "_CHUNK", "_reduce", "_Fused", "_fusable")
+            "_CHUNK", "_reduce", "_run_chunks", "_Fused", "_fusable")
 
 
 def _private(body: str, prefix: str) -> str:

@@ -32,19 +32,9 @@ def degenerate(signature: str, dtype=torch.float64):
 
 
 def perfect(signature: str, n: int = 16, seed: int = 0, dtype=torch.float64):
-    """A prediction equal to its target (saturated logits for classification)."""
-    inputs = sample(signature, n, seed, dtype)
-    if signature in ("box", "coord"):
-        return inputs[1].clone(), inputs[1]
-    if signature == "sigmoid":
-        t = (inputs[1] > 0).to(dtype)
-        return (t * 2 - 1) * 40.0, t
-    if signature == "softmax":
-        logits, labels, _ = inputs
-        x = torch.full_like(logits, -40.0)
-        x[torch.arange(len(labels)), labels] = 40.0
-        return x, labels, torch.rand(len(labels), dtype=dtype)
-    return None
+    """A prediction equal to its target (saturated logits for classification), or None."""
+    sig = get_signature(signature)
+    return None if sig.perfect is None else sig.perfect(sample(signature, n, seed, dtype))
 
 
 @pytest.fixture(params=ZOO_IDS)

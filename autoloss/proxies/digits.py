@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CandidateFailure, Metrics, check_losses, finite, no_report, seeded
+from ..signatures import SIGNATURES, box_regression
 from .geometry import aligned_iou, box_iou
 
 CANVAS = 64
@@ -254,7 +255,7 @@ class Digits:
     """The digits detector proxy (see the module docstring)."""
 
     name = "digits"
-    slots = {"cls": "sigmoid", "reg": ("box", "coord")}
+    slots = {"cls": "sigmoid", "reg": box_regression()}
     metric = "map"
     direction = "maximize"
     #: trained with Adam: a multiple of a loss trains the same
@@ -345,11 +346,8 @@ class Digits:
         target[pos_rows, gt_classes] = quality.clamp(min=1e-6) if self.cls_target == "iou" else 1.0
         total = self.weights["cls"] * losses["cls"](cls.reshape(-1, c), target,
                                                     reduction="sum") / num_pos
-        if reg_signature == "coord":
-            gt_ltrb = torch.cat([flat_pts - gt_boxes[:, :2], gt_boxes[:, 2:] - flat_pts], 1)
-            reg = losses["reg"](d / STRIDE, gt_ltrb / STRIDE, reduction="sum")
-        else:
-            reg = losses["reg"](pred_boxes, gt_boxes, reduction="sum")
+        reg_inputs = SIGNATURES[reg_signature].from_detector(d, flat_pts, gt_boxes, STRIDE)
+        reg = losses["reg"](*reg_inputs, reduction="sum")
         total = total + self.weights["reg"] * reg / num_pos
         if iou is not None:
             iou_target = torch.zeros(n * p)

@@ -32,6 +32,7 @@ import torch
 from .. import canon, ops, units
 from .. import expr as E
 from ..expr import Call, Const
+from ..errors import AutolossError
 from ..population import Failure, PopulationEvaluator, Result
 from ..signatures import SIGNATURES
 from .candidate import Candidate
@@ -78,53 +79,12 @@ class Verdict:
 
 def convergence_inputs(signature: str, m: int = 24, seed: int = 0):
     """Inputs of ``len(STEPS)`` blocks of ``m`` rows; block k is at distance STEPS[k]."""
-    g = torch.Generator().manual_seed(seed)
-    dt = torch.float64
-    k = len(STEPS)
-    s = torch.tensor(STEPS, dtype=dt).repeat_interleave(m)
-    if signature in ("box", "coord"):
-        target = SIGNATURES["box"].sample(m, g, dtype=dt)[1] if signature == "box" else \
-            torch.randn(m, 4, generator=g, dtype=dt)
-        size = (target[:, 2:] - target[:, :2]).repeat(1, 2) if signature == "box" else 1.0
-        offset = (torch.rand(m, 4, generator=g, dtype=dt) - 0.5) * 2.0 * size
-        if signature == "box":  # keep x1 < x2: move the centre, scale the size
-            c = (target[:, :2] + target[:, 2:]) / 2
-            wh = target[:, 2:] - target[:, :2]
-            shift = offset[:, :2]
-            stretch = torch.exp((torch.rand(m, 2, generator=g, dtype=dt) - 0.5) * 2.0)
-            tgt = target.repeat(k, 1)
-            cc = c.repeat(k, 1) + s[:, None] * shift.repeat(k, 1)
-            ww = wh.repeat(k, 1) * stretch.repeat(k, 1) ** s[:, None]
-            pred = torch.cat([cc - ww / 2, cc + ww / 2], 1)
-            return (pred, tgt)
-        tgt = target.repeat(k, 1)
-        return (tgt + s[:, None] * offset.repeat(k, 1), tgt)
-    if signature == "sigmoid":
-        c = 3
-        y = torch.zeros(m, c, dtype=dt)
-        y[torch.arange(m), torch.randint(0, c, (m,), generator=g)] = 1.0
-        base = (y * 2 - 1) * 4.0  # the right answer, confidently
-        logits = base.repeat(k, 1) - s[:, None] * 8.0 * (y.repeat(k, 1) * 2 - 1)
-        return (logits, y.repeat(k, 1))
-    if signature == "softmax":
-        c = 4
-        labels = torch.randint(0, c, (m,), generator=g)
-        onehot = torch.nn.functional.one_hot(labels, c).to(dt)
-        logits = (onehot * 6.0 - 3.0).repeat(k, 1) * (1 - s[:, None]) + \
-            torch.randn(m, c, generator=g, dtype=dt).repeat(k, 1) * s[:, None]
-        return (logits, labels.repeat(k), torch.ones(k * m, dtype=dt))
-    if signature == "dist":
-        b = 8
-        target = torch.rand(m, generator=g, dtype=dt) * (b - 1.5) + 0.2
-        left = target.floor().long()
-        wl = left + 1 - target
-        ideal = torch.full((m, b), 1e-4, dtype=dt)
-        ideal[torch.arange(m), left] = wl
-        ideal[torch.arange(m), left + 1] = 1 - wl
-        flat = torch.full((m, b), 1.0 / b, dtype=dt)
-        mix = (1 - s[:, None]) * ideal.repeat(k, 1) + s[:, None] * flat.repeat(k, 1)
-        return (mix.log(), target.repeat(k))
-    raise KeyError(signature)
+    sig = SIGNATURES[signature]
+    if sig.convergence is None:
+        raise AutolossError(f"the {signature!r} signature defines no convergence inputs "
+                            "(Signature.convergence); its losses can not be screened for "
+                            "convergence")
+    return sig.convergence(STEPS, m, torch.Generator().manual_seed(seed))
 
 
 class FilterBank:
@@ -143,8 +103,8 @@ class FilterBank:
                 scaled = units.probe_inputs(sig, 16, g)
             self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
                                         sig.degenerate(torch.float64), scaled)
-            self.convergence[slot] = PopulationEvaluator(sig, convergence_inputs(name, seed=seed),
-                                                         mode="search")
+            self.convergence[slot] = None if sig.convergence is None else PopulationEvaluator(
+                sig, convergence_inputs(name, seed=seed), mode="search")
         self.seen_keys: dict[str, int] = {}
         self.seen_prints: dict[str, int] = {}
 
@@ -184,7 +144,8 @@ class FilterBank:
         for slot in self.signatures:
             graphs, rand, edge, scaled = self.probes[slot].evaluate(
                 [candidates[i].slots[slot] for i in todo])
-            conv = self.convergence[slot].evaluate_graphs(graphs)
+            ladder = self.convergence[slot]
+            conv = [None] * len(graphs) if ladder is None else ladder.evaluate_graphs(graphs)
             for i, r, e, u, c in zip(todo, rand, edge, scaled, conv):
                 if verdicts[i] is not None:
                     continue
@@ -252,6 +213,8 @@ class FilterBank:
         return None
 
     def _converges(self, c, slot: str) -> Optional[Verdict]:
+        if c is None:  # the signature has no convergence ladder
+            return None
         if isinstance(c, Failure):
             return Verdict(False, "compiles", c.reason)
         c = c.value

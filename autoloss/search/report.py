@@ -21,6 +21,7 @@ from .. import catalog, export
 from .. import expr as E
 from ..errors import AutolossError
 from ..proxies.geometry import aligned_iou
+from ..signatures import SIGNATURES
 from .candidate import Candidate
 from .engine import mean_std
 from .runs import read_json
@@ -327,39 +328,17 @@ def _best_trial(search, study, summary):
     return ranked[0] if ranked else None
 
 
-def _curve_inputs(signature: str, n: int = 121):
-    dt = torch.float64
-    if signature == "box":  # a unit box sliding sideways onto its target: IoU = (1-s)/(1+s)
-        s = torch.linspace(0.98, 0.0, n, dtype=dt)
-        target = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=dt).repeat(n, 1)
-        zero = torch.zeros_like(s)
-        pred = target + torch.stack([s, zero, s, zero], 1)
-        return (pred, target), "shift"
-    if signature == "sigmoid":
-        x = torch.linspace(-6, 6, n, dtype=dt)[:, None]
-        return (x, torch.ones_like(x)), "logit"
-    if signature == "coord":
-        d = torch.linspace(-3, 3, n, dtype=dt)[:, None].repeat(1, 4)
-        return (d, torch.zeros_like(d)), "d"
-    if signature == "softmax":
-        x = torch.linspace(-6, 6, n, dtype=dt)
-        logits = torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], 1)
-        return (logits, torch.zeros(n, dtype=torch.long)), "logit"
-    return None, ""
-
-
 def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
     from ..compiler import compile_loss
 
-    slots = [s for s, slot in space.slots.items() if slot.signature in ("box", "sigmoid", "coord",
-                                                                         "softmax")]
+    slots = [s for s, slot in space.slots.items() if SIGNATURES[slot.signature].curve]
     if not slots:
         return None
     zoo_origins = [z["origin"] for z in (summary.get("validation") or {}).get("zoo_screening", [])][:3]
     fig, axes = plt.subplots(2, len(slots), figsize=(6 * len(slots), 7), squeeze=False)
     for col, slot in enumerate(slots):
         sig = space.slots[slot].signature
-        inputs, _ = _curve_inputs(sig)
+        inputs, _ = SIGNATURES[sig].curve(121)
         labels = [("discovered", best.slots[slot])]
         names = []
         for origin in zoo_origins:
