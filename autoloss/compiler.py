@@ -21,6 +21,7 @@ gradient plus the signature's (tiny) core backward.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import linecache
@@ -31,7 +32,7 @@ from typing import Literal, Mapping, Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import autodiff, canon, codegen, ops
+from . import autodiff, canon, codegen, ops, runtime
 from . import expr as E
 from .errors import ExpressionError, SignatureError, UnknownNameError, did_you_mean
 from .expr import Call, Const, Expr, Param, Var
@@ -45,8 +46,6 @@ Reduction = Literal["none", "mean", "sum"]
 _NAMESPACE = {"torch": torch, "math": math, "Tensor": torch.Tensor, "Optional": Optional,
               "Tuple": tuple, "List": list}
 _COUNTER = itertools.count()
-#: elements per column evaluated at once (temporaries stay in cache)
-CHUNK = 1 << 16
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -152,31 +151,14 @@ def check_names(expression: Expr, signature: Signature, where: str = "expression
 
 def reduce(loss: torch.Tensor, reduction: str = "none", weight: Optional[torch.Tensor] = None,
            avg_factor: Optional[float] = None) -> torch.Tensor:
-    """torchvision/mmdetection reduction: ``mean`` of an empty batch is 0 with a gradient."""
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor):
-            raise SignatureError(f"weight must be a tensor, got {type(weight).__name__}")
-        if weight.shape != loss.shape:
-            if weight.dim() == 1 and loss.dim() == 2 and weight.shape[0] == loss.shape[0]:
-                weight = weight[:, None]
-            else:
-                raise SignatureError(f"weight must have the loss's shape {tuple(loss.shape)} "
-                                     f"(or ({loss.shape[0]},) per sample), got "
-                                     f"{tuple(weight.shape)}")
-        loss = loss * weight
-    if reduction == "none":
-        if avg_factor is not None:
-            raise ValueError("avg_factor needs reduction='mean'")
-        return loss
-    if reduction == "sum":
-        if avg_factor is not None:
-            raise ValueError("avg_factor can not be used with reduction='sum'")
-        return loss.sum()
-    if reduction == "mean":
-        if avg_factor is not None:
-            return loss.sum() / (float(avg_factor) + torch.finfo(torch.float32).eps)
-        return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    """torchvision/mmdetection reduction (:func:`runtime.reduce`, which exports ship too),
+    its errors raised as :class:`SignatureError`."""
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise SignatureError(f"weight must be a tensor, got {type(weight).__name__}")
+    try:
+        return runtime.reduce(loss, reduction, weight, avg_factor)
+    except ValueError as err:
+        raise SignatureError(str(err)) from None
 
 
 # -------------------------------------------------------------------------- the function
@@ -271,49 +253,32 @@ class CompiledLoss:
     def run(self, prep, needs: Sequence[bool], values: tuple):
         """Evaluate on prepared columns; returns (value, gradient buffers).
 
-        Large batches run in row chunks of about ``CHUNK`` elements, so every temporary
-        (and the contiguous copy of a strided column) stays in cache: several times
-        faster than whole-batch elementwise ops. The inductor backend fuses everything
+        Large batches run in row chunks of about ``runtime.CHUNK`` elements, so every
+        temporary (and the contiguous copy of a strided column) stays in cache: several
+        times faster than whole-batch elementwise ops. The inductor backend fuses everything
         into one loop and needs no chunking.
         """
         fn = self.function(needs)
         cols = prep.columns
         ref = cols[0]
-        rows = ref.shape[0] if ref.dim() else 1
         grad = any(needs)
-        if ref.numel() <= 2 * CHUNK or self.backend == "inductor":
+        if ref.numel() <= 2 * runtime.CHUNK or self.backend == "inductor":
             result = fn(*(c.contiguous() for c in cols), *values)
             if not grad:
                 return result, []
             return result[0], self._assemble(prep, needs, result[1:])
-        step = max(1, CHUNK // max(1, ref.numel() // max(rows, 1)))
         value = torch.empty(prep.out_shape, dtype=ref.dtype, device=ref.device)
-        slots = self.signature.grad_slots
-        zero = self._zero_gradients(needs)
+        if not grad:
+            runtime.run_chunks(fn, cols, values, value, None)
+            return value, []
         buffers: list = [None] * len(prep.grad_shapes)
-        for k, need in enumerate(needs):
-            b, j = slots[k]
+        dests: list = []
+        for need, (b, j) in zip(needs, self.signature.grad_slots):
             if need and buffers[b] is None:
                 buffers[b] = torch.empty(prep.grad_shapes[b], dtype=ref.dtype, device=ref.device)
-            if need and k in zero:
-                (buffers[b] if j is None else buffers[b][:, j]).zero_()
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            result = fn(*(c[start:stop].contiguous() for c in cols), *values)
-            if not grad:
-                value[start:stop] = result
-                continue
-            value[start:stop] = result[0]
-            for k, g in enumerate(result[1:]):
-                if g is not None:
-                    b, j = slots[k]
-                    (buffers[b][start:stop] if j is None else buffers[b][start:stop, j]).copy_(g)
+            dests.append((buffers[b] if j is None else buffers[b][:, j]) if need else None)
+        runtime.run_chunks(fn, cols, values, value, dests)
         return value, buffers
-
-    def _zero_gradients(self, needs: Sequence[bool]) -> set[int]:
-        """Columns that need a gradient whose closed form is identically zero."""
-        return {k for k, (need, g) in enumerate(zip(needs, self.gradients(needs)))
-                if need and g is None}
 
     def _assemble(self, prep, needs: Sequence[bool], grads: Sequence) -> list:
         """Column gradients of one whole-batch call -> the signature's gradient buffers."""
@@ -439,7 +404,10 @@ def _inductor(fn):
 
 
 # -------------------------------------------------------------------------------- cache
-_CACHE: dict[tuple, CompiledLoss] = {}
+#: compiled losses kept (least recently used first out): a search compiles every candidate
+#: it runs, and each holds its generated code and closed-form gradients
+CACHE_SIZE = 256
+_CACHE: collections.OrderedDict[tuple, CompiledLoss] = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -450,9 +418,14 @@ def compile_loss(expression: Expr, signature: Signature | str, *, name: str = "l
     key = (canon.canonical_hash(expression, salt=f"{signature.name}:{mode}"), name, backend)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
     compiled = CompiledLoss(expression, signature, name=name, mode=mode, doc=doc,
                             backend=backend)
     with _CACHE_LOCK:
-        return _CACHE.setdefault(key, compiled)
+        compiled = _CACHE.setdefault(key, compiled)
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return compiled

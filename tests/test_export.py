@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from autoloss import export, zoo
+from autoloss import export, runtime, zoo
 from autoloss.errors import AutolossError, ExpressionError
 from autoloss.evaluate import resolve_loss
 from conftest import ZOO_IDS, sample
@@ -192,3 +192,48 @@ def test_joint_search_exports_one_module_with_a_class_per_slot(tmp_path):
     with pytest.raises(AutolossError):
         export.to_source_joint(losses, names, {}, {"cls": 1.0}, {"x": "a'); import os; ('"},
                                export.Provenance())
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_exported_and_compiled_reductions_are_one_runtime(exported, reduction):
+    """Same values and the same refusals for weight and avg_factor on every reduction."""
+    module = export.load(exported["focal"])
+    func, compiled = module.focal_loss, zoo.compiled("focal")
+    x, t = sample("sigmoid", 30, 3)
+    for weight in (None, torch.rand(x.shape, dtype=x.dtype), torch.rand(x.shape[0], dtype=x.dtype)):
+        torch.testing.assert_close(func(x, t, reduction=reduction, weight=weight),
+                                   compiled(x, t, reduction=reduction, weight=weight))
+    bad_weight = torch.rand(x.shape[0] + 1, dtype=x.dtype)
+    with pytest.raises(ValueError, match="weight must have the loss's shape"):
+        func(x, t, reduction=reduction, weight=bad_weight)
+    with pytest.raises(AutolossError, match="weight must have the loss's shape"):
+        compiled(x, t, reduction=reduction, weight=bad_weight)
+    if reduction == "mean":
+        torch.testing.assert_close(func(x, t, reduction="mean", avg_factor=4.0),
+                                   compiled(x, t, reduction="mean", avg_factor=4.0))
+    else:
+        with pytest.raises(ValueError, match="avg_factor"):
+            func(x, t, reduction=reduction, avg_factor=4.0)
+        with pytest.raises(AutolossError, match="avg_factor"):
+            compiled(x, t, reduction=reduction, avg_factor=4.0)
+
+
+def test_exported_runtime_is_the_compiled_one():
+    """The exported module carries autoloss.runtime's code, not a copy that can drift."""
+    source = export.to_source(zoo.compiled("giou"), name="G")
+    assert runtime.source() in source
+    for name in ("_reduce", "_run_chunks", "_CHUNK"):
+        assert f"{name}" in runtime.source()
+
+
+def test_exported_chunked_path_matches(tmp_path, monkeypatch):
+    """Batches beyond two chunks run the shared chunked loop in the exported module too."""
+    path = export.to_file(zoo.compiled("ciou"), tmp_path / "c.py", name="C")
+    module = export.load(path)
+    monkeypatch.setattr(module, "_CHUNK", 40)
+    pred, target = sample("box", 500, 4)
+    a, b = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    mine, theirs = module.c_loss(a, target), zoo.build("ciou")(b, target)
+    torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(torch.autograd.grad(mine.sum(), a)[0],
+                               torch.autograd.grad(theirs.sum(), b)[0], rtol=1e-6, atol=1e-9)

@@ -1,0 +1,86 @@
+"""The runtime every compiled loss runs on, shared with the modules ``export`` writes.
+
+Two pieces: the reduction (torchvision's ``reduction`` plus mmdetection's ``weight`` and
+``avg_factor``) and the chunked evaluation of a generated function (row chunks small enough
+that every temporary stays in cache). A compiled loss calls them from here; an exported
+module carries the text below the ``EXPORTED`` marker, renamed private, so the two cannot
+drift apart. That text depends on torch only and ``reduce`` is TorchScript-compatible.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+# EXPORTED: everything below is copied into exported modules (torch only, no autoloss)
+
+#: elements per column evaluated at once: temporaries stay in cache
+CHUNK = 65536
+
+
+def reduce(loss: Tensor, reduction: str = "none", weight: Optional[Tensor] = None,
+           avg_factor: Optional[float] = None) -> Tensor:
+    """``none``, ``mean`` or ``sum`` of ``loss * weight``; ``avg_factor`` divides a ``mean``'s
+    sum instead of the count. ``mean`` of an empty batch is 0 with a gradient."""
+    if weight is not None:
+        if weight.shape != loss.shape:
+            if weight.dim() == 1 and loss.dim() == 2 and weight.shape[0] == loss.shape[0]:
+                weight = weight.unsqueeze(1)
+            else:
+                raise ValueError(f"weight must have the loss's shape {list(loss.shape)} (or "
+                                 f"({loss.shape[0]},) per sample), got {list(weight.shape)}")
+        loss = loss * weight
+    if reduction == "none":
+        if avg_factor is not None:
+            raise ValueError("avg_factor needs reduction='mean'")
+        return loss
+    if reduction == "sum":
+        if avg_factor is not None:
+            raise ValueError("avg_factor can not be used with reduction='sum'")
+        return loss.sum()
+    if reduction == "mean":
+        if avg_factor is not None:
+            return loss.sum() / (float(avg_factor) + 1.1920928955078125e-07)
+        if loss.numel() == 0:
+            return 0.0 * loss.sum()
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got '{reduction}'")
+
+
+def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
+    """Evaluate ``fn(*cols, *params)`` row chunk by row chunk into ``value`` and ``grads``.
+
+    ``fn`` returns the value, or (with ``grads``) the value and one gradient per column,
+    None where identically zero. ``grads`` holds a destination per column (any view,
+    e.g. a column of an (N, 4) buffer), None where the gradient is not wanted; pass no
+    ``grads`` for the value only.
+    """
+    ref = cols[0]
+    rows = ref.shape[0] if ref.dim() > 0 else 1
+    step = max(1, CHUNK // max(1, ref.numel() // max(rows, 1)))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        out = fn(*[c[start:stop].contiguous() for c in cols], *params)
+        if not grads:
+            value[start:stop] = out
+            continue
+        value[start:stop] = out[0]
+        for dest, g in zip(grads, out[1:]):
+            if dest is None:
+                continue
+            if g is None:
+                dest[start:stop].zero_()
+            else:
+                dest[start:stop].copy_(g)
+
+
+def source(prefix: str = "_") -> str:
+    """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
+    text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
+    text = text.split("\n", 1)[1].split("\ndef source(", 1)[0].rstrip() + "\n"
+    for name in ("CHUNK", "reduce", "run_chunks"):
+        text = re.sub(rf"\b{name}\b", prefix + name, text)
+    return text
