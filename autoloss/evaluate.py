@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -105,9 +106,13 @@ def evaluate(proxy: str | Proxy, losses: Mapping[str, str | Callable], *, seeds:
             if isinstance(loss, str) else loss
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     steps = int(budget or task.default_budget)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
     result = EvalResult(task.name, task.metric, task.direction, seed_list, [])
+    with torch_threads(threads):
+        _run_seeds(task, compiled, seed_list, steps, scale, progress, result)
+    return result
+
+
+def _run_seeds(task, compiled, seed_list, steps, scale, progress, result) -> None:
     for k, seed in enumerate(seed_list):
         def report(step, value, _k=k):
             if progress is not None:
@@ -125,7 +130,20 @@ def evaluate(proxy: str | Proxy, losses: Mapping[str, str | Callable], *, seeds:
             result.extra.setdefault(key, []).append(value)
         if progress is not None:
             progress((k + 1) * steps, len(seed_list) * steps)
-    return result
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]):
+    """Run the block on ``threads`` torch threads (None: as set), restoring the count after."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gradient_scale(loss: CompiledLoss, rows: int = 4096, seed: int = 0) -> float:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autoloss import zoo
+from autoloss.errors import AutolossError
 from autoloss.evaluate import evaluate, resolve_loss
 from autoloss.proxies import CandidateFailure, get
 from autoloss.proxies.boxsim import BoxSim, cases
@@ -51,6 +52,21 @@ class TestCustomTrainerContract(ProxyContract):
     losses = {"reg": "giou"}
     budget = 50
     nan_loss = ("reg", "box", "sqrt(iou - 5)")
+
+
+def test_custom_trainer_loads_from_the_current_folder_without_changing_sys_path(tmp_path,
+                                                                              monkeypatch):
+    (tmp_path / "own_trainer.py").write_text(
+        "from autoloss.proxies import proxy\n\n"
+        "@proxy(slots={'reg': 'box'}, metric='iou')\n"
+        "def train(losses, budget, seed, report):\n    return {'iou': 0.5}\n")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    task = get("own_trainer:train")
+    assert task.slots == {"reg": "box"} and sys.path == before
+    with pytest.raises(AutolossError, match="cannot import 'no_such_trainer'"):
+        get("no_such_trainer:train")
+    assert sys.path == before
 
 
 # ------------------------------------------------------------------------------- boxsim

@@ -15,6 +15,7 @@ the :func:`proxy` decorator::
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -66,10 +67,9 @@ class CustomProxy:
         module_name, _, attr = target.partition(":")
         if not module_name or not attr:
             raise AutolossError(f"proxy {target!r}: expected 'module:function'")
-        if os.getcwd() not in sys.path:  # like `python -m`, the current folder is importable
-            sys.path.insert(0, os.getcwd())
         try:
-            module = importlib.import_module(module_name)
+            with _importable(os.getcwd()):  # like `python -m`, the current folder
+                module = importlib.import_module(module_name)
         except ImportError as err:
             raise AutolossError(f"proxy {target!r}: cannot import {module_name!r} ({err}); run "
                                 "from the folder that holds it or install it") from None
@@ -96,3 +96,16 @@ class CustomProxy:
             raise CandidateFailure(f"the trainer returned {self.metric} = nan")
         extra = {k: float(v) for k, v in result.items() if k != self.metric}
         return Metrics(self.metric, value, self.direction, extra=extra)
+
+
+@contextlib.contextmanager
+def _importable(folder: str):
+    """``folder`` on ``sys.path`` for the block only (autoloss changes no global state)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
