@@ -82,12 +82,12 @@ class Canonicalizer:
             return folded
         spec = ops.REGISTRY[op]
         if spec.commutative:
-            if ch[0] == ch[1] and op in ("min", "max"):
+            if ch[0] == ch[1] and spec.idempotent:
                 return ch[0]
             ch = sorted(ch, key=self.key)
-        if op == "stop_grad" and type(ch[0]) is Const:
+        if spec.alias and type(ch[0]) is Const:  # stop_grad(2) is 2
             return ch[0]
-        if op == "where" and type(ch[0]) is Const:
+        if spec.condition and type(ch[0]) is Const:  # a constant condition picks a branch
             return ch[1] if ch[0].value != 0 else ch[2]
         return Call(op, ch)
 

@@ -106,17 +106,25 @@ class Emitter:
         return order, uses
 
     def _viewed(self, node: Expr) -> tuple:
-        """The arguments whose memory ``node``'s value may be (stop_grad is a view, a
-        parameter-chosen branch is one of its arguments)."""
-        if type(node) is Call and node.op == "stop_grad":
+        """The arguments whose memory ``node``'s value may be (a view such as stop_grad, a
+        branch picked by a parameter)."""
+        if type(node) is not Call:
+            return ()
+        spec = ops.REGISTRY[node.op]
+        if spec.alias:
             return node.args[:1]
-        if type(node) is Call and node.op == "where" and not self.tensor[node.args[0]]:
+        if spec.condition and not self.tensor[node.args[0]]:
             return node.args[1:]
         return ()
 
+    @staticmethod
+    def boolean(node: Expr) -> bool:
+        """Whether ``node``'s torch form is a bool tensor (a comparison)."""
+        return type(node) is Call and ops.REGISTRY[node.op].comparison
+
     def _new_tensor(self, node: Expr) -> bool:
         """Whether ``node`` computes a new floating-point tensor of the columns' shape."""
-        return (type(node) is Call and self.tensor[node] and node.op not in ops.BOOL_OPS
+        return (type(node) is Call and self.tensor[node] and not self.boolean(node)
                 and not self._viewed(node))
 
     def _fresh(self, prefix: str) -> str:
@@ -138,18 +146,24 @@ class Emitter:
             return number(node.value)
         else:
             text = self._call(node)
-        if arith and self.tensor.get(node) and node.op in ops.BOOL_OPS:
+        if arith and self.tensor.get(node) and self.boolean(node):
             return f"{text}.to({self.dtype_ref}.dtype)"
         return text
 
-    def _owned(self, node: Expr) -> bool:
+    def full(self, node: Expr) -> str:
+        """Source of ``node`` as a tensor (a number is broadcast to the columns' shape)."""
+        if self.tensor[node]:
+            return self.src(node)
+        return f"torch.full_like({self.dtype_ref}, {self.src(node)})"
+
+    def owned(self, node: Expr) -> bool:
         """Whether ``node`` is written inline as a new tensor nobody else holds: an op may
         then overwrite it (``a * b + c`` -> ``(a * b).add_(c)``), saving an allocation
         and a pass over fresh memory. Only in no-grad code (``inplace``)."""
         return (self.inplace and self._new_tensor(node) and node not in self.aliased
                 and (node not in self.bound or node in self.dying))
 
-    def _take(self, node: Expr) -> str:
+    def take(self, node: Expr) -> str:
         """Source of an owned argument that an op is about to overwrite."""
         if node in self.bound:
             self.consumed.add(node)
@@ -158,14 +172,14 @@ class Emitter:
     def _inplace(self, node: Call, method: str) -> Optional[str]:
         """``node`` written as ``arg.method(...)`` on an owned argument, if it can be."""
         args = node.args
-        if len(args) == 1 and self._owned(args[0]):
-            return f"{self._take(args[0])}.{method}()"
+        if len(args) == 1 and self.owned(args[0]):
+            return f"{self.take(args[0])}.{method}()"
         if len(args) == 2:
-            order = (0, 1) if self._owned(args[0]) else (
-                (1, 0) if ops.REGISTRY[node.op].commutative and self._owned(args[1]) else None)
+            order = (0, 1) if self.owned(args[0]) else (
+                (1, 0) if ops.REGISTRY[node.op].commutative and self.owned(args[1]) else None)
             if order is not None:
                 a, b = (args[i] for i in order)
-                return f"{self._take(a)}.{method}({self.src(b)})"
+                return f"{self.take(a)}.{method}({self.src(b)})"
         return None
 
     def _into_dead(self, node: Call, function: str, args: Sequence[str],
@@ -176,11 +190,20 @@ class Emitter:
             return None
         return f"torch.{function}({', '.join(args)}{keywords}, out={self.pool.pop()})"
 
+    def unary(self, node: Call, function: str, x: Expr, keywords: str = "") -> str:
+        """``node`` written as ``torch.function(x, keywords)``: in place on an owned ``x``,
+        else into a dead buffer, else a new tensor."""
+        if self.owned(x):
+            return f"{self.take(x)}.{function}_({keywords})"
+        xs = self.src(x)  # rendered once: rendering may take dead buffers
+        keywords = f", {keywords}" if keywords else ""
+        return (self._into_dead(node, function, [xs], keywords)
+                or f"torch.{function}({xs}{keywords})")
+
     def _call(self, node: Call) -> str:
         spec = ops.REGISTRY[node.op]
         args = node.args
-        tensor = self.tensor[node]
-        if not tensor:
+        if not self.tensor[node]:
             if all(type(a) is Const for a in args):
                 # a constant the canonical form could not fold (1 / 0, log(-1)): its IEEE value
                 value = spec.fn(*(torch.tensor(a.value, dtype=torch.float64) for a in args))
@@ -188,80 +211,12 @@ class Emitter:
             if spec.math is None:
                 raise ExpressionError(f"primitive {node.op!r} cannot be applied to constants only")
             return spec.math.format(*(self.src(a) for a in args))
-        if node.op == "stop_grad":
-            return f"{self.src(args[0])}.detach()"
-        if node.op == "where":
-            c, a, b = args
-            if not self.tensor[c]:  # a parameter-only condition picks a branch
-                a_src, b_src = self.src(a), self.src(b)
-                if not self.tensor[a]:
-                    a_src = f"torch.full_like({self.dtype_ref}, {a_src})"
-                if not self.tensor[b]:
-                    b_src = f"torch.full_like({self.dtype_ref}, {b_src})"
-                if type(c) is Call and c.op in ops.BOOL_OPS:  # a plain Python comparison
-                    cond = ops.REGISTRY[c.op].torch.format(*(self.src(x) for x in c.args))
-                else:
-                    cond = f"{self.src(c)} != 0"
-                return f"({a_src} if {cond} else {b_src})"
-            cond = self.src(c, arith=False)
-            if not (type(c) is Call and c.op in ops.BOOL_OPS):
-                cond = f"({cond} != 0)"
-            if not self.tensor[a] and not self.tensor[b]:
-                # two Python numbers would give a tensor of torch's default dtype
-                if type(a) is Const and type(b) is Const and (a.value, b.value) == (1.0, 0.0):
-                    return f"{cond}.to({self.dtype_ref}.dtype)"
-                return (f"torch.where({cond}, torch.full_like({self.dtype_ref}, {self.src(a)}), "
-                        f"{self.src(b)})")
-            return f"torch.where({cond}, {self.src(a)}, {self.src(b)})"
-        if node.op in ("min", "max") and not all(self.tensor[a] for a in args):
-            t, s = (args[0], args[1]) if self.tensor[args[0]] else (args[1], args[0])
-            side = "max" if node.op == "min" else "min"
-            return f"torch.clamp({self.src(t)}, {side}={self.src(s)})"
-        if node.op == "clamp":
-            x, lo, hi = args
-            if not self.tensor[x] or self.tensor[lo] != self.tensor[hi]:
-                # torch.clamp takes a tensor and two bounds alike (numbers or tensors)
-                full = [self.src(v) if self.tensor[v] else f"torch.full_like({self.dtype_ref}, "
-                        f"{self.src(v)})" for v in (x, lo, hi)]
-                if not (self.tensor[lo] or self.tensor[hi]):
-                    full[1:] = [self.src(lo), self.src(hi)]
-                return f"torch.clamp({', '.join(full)})"
-            side = None
-            if type(hi) is Const and math.isinf(hi.value) and hi.value > 0:
-                side = f"min={self.src(lo)}"
-            elif type(lo) is Const and math.isinf(lo.value) and lo.value < 0:
-                side = f"max={self.src(hi)}"
-            if side is not None:
-                if self._owned(x):
-                    return f"{self._take(x)}.clamp_({side})"
-                xs = self.src(x)  # rendered once: rendering may take dead buffers
-                return (self._into_dead(node, "clamp", [xs], f", {side}")
-                        or f"torch.clamp({xs}, {side})")
-        if node.op == "pow" and type(args[1]) is Const and args[1].value == 2.0:
-            x = args[0]
-            if self._owned(x):
-                return f"{self._take(x)}.square_()"
-            xs = self.src(x)
-            return self._into_dead(node, "square", [xs]) or f"torch.square({xs})"
-        if node.op in ops.BOOL_OPS:
-            return spec.torch.format(*(self.src(a) for a in args))
+        if spec.emit is not None:
+            text = spec.emit(self, node)
+            if text is not None:
+                return text
         if spec.tensor_args:
-            return spec.torch.format(*(self.src(a) if self.tensor[a] else
-                                       f"torch.full_like({self.dtype_ref}, {self.src(a)})"
-                                       for a in args))
-        if node.op == "pow" and not self.tensor[args[0]]:
-            return f"torch.pow({self.src(args[0])}, {self.src(args[1])})"
-        if node.op in ("sub", "div") and not self.tensor[args[0]]:
-            # number - tensor, number / tensor: what Tensor.__rsub__ / __rtruediv__ call,
-            # without their Python wrappers (microseconds a call)
-            c, x = self.src(args[0]), self.src(args[1])
-            if node.op == "sub":
-                return f"torch.rsub({x}, {c})"
-            if c == "1.0":
-                return f"torch.reciprocal({x})"
-            if self.inplace:  # (in autograd code the reciprocal is saved for the backward)
-                return f"torch.reciprocal({x}).mul_({c})"
-            return f"(torch.reciprocal({x}) * {c})"
+            return spec.torch.format(*(self.full(a) for a in args))
         if spec.out is not None and spec.out + "_" in _INPLACE_METHODS:
             text = self._inplace(node, spec.out + "_")
             if text is not None:

@@ -415,14 +415,17 @@ def format_number(value: float) -> str:
     return repr(value)
 
 
+_UNARY = 4  # Python's precedence of a unary minus (a negative number prints as one)
+
+
 def _precedence(node: Expr) -> int:
     if type(node) is Call:
         spec = ops.REGISTRY[node.op]
-        if spec.infix or node.op == "neg":
+        if spec.infix or spec.prefix:
             return spec.precedence
         return 6
     if type(node) is Const and (node.value < 0 or node.value == -math.inf):
-        return 4
+        return _UNARY
     return 6
 
 
@@ -445,20 +448,20 @@ def _print_node(node: Expr, text: Mapping[Expr, str]) -> str:
         return format_number(node.value)
     spec = ops.REGISTRY[node.op]
     args = node.args
-    if node.op == "neg":
+    if spec.prefix:
         (a,) = args
         inner = text[a]
-        if _precedence(a) < 4:
+        if _precedence(a) < spec.precedence:
             inner = f"({inner})"
-        return f"-{inner}"
+        return f"{spec.prefix}{inner}"
     if spec.infix:
         p = spec.precedence
         left, right = (text[a] for a in args)
         lp, rp = (_precedence(a) for a in args)
         if spec.comparison:
             need_left, need_right = lp <= p, rp <= p
-        elif node.op == "pow":  # right associative; unary minus allowed in the exponent
-            need_left, need_right = lp <= p, rp < 4
+        elif spec.right_assoc:  # Python allows a unary minus in the exponent: a ** -b
+            need_left, need_right = lp <= p, rp < _UNARY
         else:  # left associative
             need_left, need_right = lp < p, rp <= p
         if need_left:

@@ -1,11 +1,14 @@
 """The primitive registry: one entry per op, read by everything else.
 
 An entry holds, in one place, everything any part of autoloss needs to know about a
-primitive: its arity and infix spelling (parser and printer), its torch form (compiler,
-exporter, population evaluator), its scalar form (compile-time constants), its guarded
-search-mode form (a total expression replacing a partial op), its vector-Jacobian product as an expression (the fused
-closed-form gradient), its sympy form (simplify, LaTeX, symbolic gradient) and the
-sampling ranges the registry test uses to check torch against sympy.
+primitive: its arity and operator spelling (parser and printer), its torch form (compiler,
+exporter, population evaluator) with an optional emit hook for special argument kinds, its
+scalar form (compile-time constants), its guarded search-mode form (a total expression
+replacing a partial op), its vector-Jacobian product as an expression (the fused
+closed-form gradient), its sympy form (simplify, LaTeX, symbolic gradient; ``from_sympy``
+reads it backwards) and the sampling ranges the registry test uses to check torch against
+sympy. Nothing outside this module names an op to decide how to treat it: the other
+modules read these fields at use time, so an op registered later (a test's) is seen too.
 
 Adding a primitive is adding one ``_register(Op(...))`` call below.
 
@@ -43,10 +46,25 @@ class Op:
     doc: str
     math: Optional[str] = None  # Python-float form, for parameter-only subexpressions
     guard: Optional[Callable] = None  # search mode: args -> guarded expression, finite
+    #: a partial op's domain, as search mode clamps its argument into it (the guard, unless
+    #: one is given); the parser leaves a constant outside it to the search's filter
+    domain: Optional[tuple[float, float]] = None
     infix: Optional[str] = None  # binary operator spelling, e.g. "+"
+    prefix: Optional[str] = None  # unary operator spelling, e.g. "-"
     precedence: int = 6
+    right_assoc: bool = False  # a ** b ** c is a ** (b ** c)
     commutative: bool = False
-    comparison: bool = False
+    idempotent: bool = False  # f(a, a) is a
+    comparison: bool = False  # the torch form is a bool tensor (1.0 or 0.0 as a number)
+    #: the first argument is a truth value (non-zero is true) choosing between the others;
+    #: a number there picks one of them, which the value then is (no new tensor)
+    condition: bool = False
+    alias: bool = False  # the value is its first argument's memory (a view, e.g. .detach())
+    #: parse-time check of the arguments (Expr nodes): a complaint, or None
+    validate: Optional[Callable] = None
+    #: code generation: (emitter, node) -> torch source, or None for the template; called
+    #: for nodes whose value is a tensor (see :class:`autoloss.codegen.Emitter`)
+    emit: Optional[Callable] = None
     sample: tuple = ()  # (lo, hi) per argument for the registry's torch-vs-sympy test
     out: Optional[str] = None  # torch function taking out= (evaluators reuse dead buffers)
     tensor_args: bool = False  # the torch form takes tensors only (numbers are broadcast)
@@ -60,6 +78,9 @@ class Op:
         # The template is a constant of this module, never user text.
         fn = eval(f"lambda {args}: {body}", {"torch": torch})  # noqa: S307
         object.__setattr__(self, "fn", fn)
+        if self.domain is not None and self.guard is None:
+            lo, hi = self.domain
+            object.__setattr__(self, "guard", lambda a: _clamped(self.name, a, lo, hi))
         if self.out is not None and not callable(getattr(torch, self.out, None)):
             raise RuntimeError(f"primitive {self.name!r}: torch.{self.out} does not exist")
 
@@ -69,8 +90,6 @@ class Op:
 
 
 REGISTRY: dict[str, Op] = {}
-#: binary operator spelling -> op name (parser)
-INFIX: dict[str, str] = {}
 
 
 def _register(op: Op) -> None:
@@ -80,9 +99,10 @@ def _register(op: Op) -> None:
         raise RuntimeError(f"primitive {op.name!r}: sample needs one range per argument")
     if op.units not in UNIT_RULES:
         raise RuntimeError(f"primitive {op.name!r}: unknown unit rule {op.units!r}")
+    if (op.domain or op.prefix) and op.arity != 1 or op.infix and op.arity != 2:
+        raise RuntimeError(f"primitive {op.name!r}: a domain or a prefix spelling needs one "
+                           "argument, an infix spelling two")
     REGISTRY[op.name] = op
-    if op.infix:
-        INFIX[op.infix] = op.name
 
 
 def get(name: str) -> Op:
@@ -96,6 +116,19 @@ def get(name: str) -> Op:
 
 def names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def functions() -> list[str]:
+    """Names of the ops written as calls, ``log(x)`` (not as operators)."""
+    return sorted(n for n, op in REGISTRY.items() if not (op.infix or op.prefix))
+
+
+def spelled(symbol: str, arity: int) -> Optional[Op]:
+    """The op written as the operator ``symbol`` with ``arity`` operands (``-a``, ``a - b``)."""
+    for op in REGISTRY.values():
+        if op.arity == arity and symbol in (op.prefix, op.infix):
+            return op
+    return None
 
 
 # --------------------------------------------------------------------------- gradients
@@ -301,6 +334,93 @@ def _guard_pow(base, ex):
     return _clamped("exp", E.mul(ex, log_base), -_INF, EXP_MAX)
 
 
+def _small_exponent(base, ex):
+    if isinstance(ex, _e().Const) and abs(ex.value) > 64:
+        return f"exponent {ex.value:g} is too large (|exponent| <= 64)"
+    return None
+
+
+# --------------------------------------------------------------------- code generation
+# Emit hooks write a better torch form than the template for some arguments (a number
+# where torch wants a tensor, a square) and return None otherwise. ``em`` is the
+# :class:`autoloss.codegen.Emitter`: ``em.tensor[node]`` says whether a node is a tensor,
+# ``em.src``/``em.full`` render an argument, ``em.unary`` writes a one-tensor call that
+# may overwrite its argument or a dead buffer.
+def _is_const(x, value: float) -> bool:
+    return isinstance(x, _e().Const) and x.value == value
+
+
+def _emit_square(em, node):
+    x, ex = node.args
+    return em.unary(node, "square", x) if _is_const(ex, 2.0) else None
+
+
+def _emit_rsub(em, node):
+    # number - tensor: what Tensor.__rsub__ calls, without its Python wrapper
+    c, x = node.args
+    if em.tensor[c]:
+        return None
+    return f"torch.rsub({em.src(x)}, {em.src(c)})"
+
+
+def _emit_rdiv(em, node):
+    # number / tensor: what Tensor.__rtruediv__ calls, without its Python wrapper
+    c, x = node.args
+    if em.tensor[c]:
+        return None
+    c, x = em.src(c), em.src(x)
+    if c == "1.0":
+        return f"torch.reciprocal({x})"
+    if em.inplace:  # (in autograd code the reciprocal is saved for the backward)
+        return f"torch.reciprocal({x}).mul_({c})"
+    return f"(torch.reciprocal({x}) * {c})"
+
+
+def _emit_bound(side):
+    """min/max of a tensor and a number: a one-sided clamp (``side`` names the bound)."""
+
+    def emit(em, node):
+        a, b = node.args
+        if em.tensor[a] and em.tensor[b]:
+            return None
+        t, c = (a, b) if em.tensor[a] else (b, a)
+        return em.unary(node, "clamp", t, f"{side}={em.src(c)}")
+
+    return emit
+
+
+def _emit_clamp(em, node):
+    x, lo, hi = node.args
+    if em.tensor[lo] or em.tensor[hi]:
+        if all(em.tensor[v] for v in node.args):
+            return None
+        # torch.clamp takes a tensor and two bounds alike (numbers or tensors)
+        return f"torch.clamp({', '.join(em.full(v) for v in node.args)})"
+    if not em.tensor[x]:
+        return f"torch.clamp({em.full(x)}, {em.src(lo)}, {em.src(hi)})"
+    if _is_const(hi, _INF):
+        return em.unary(node, "clamp", x, f"min={em.src(lo)}")
+    if _is_const(lo, -_INF):
+        return em.unary(node, "clamp", x, f"max={em.src(hi)}")
+    return None
+
+
+def _emit_where(em, node):
+    c, a, b = node.args
+    boolean = em.boolean(c)  # a comparison: already a truth value
+    if not em.tensor[c]:  # a number picks a branch: a Python conditional
+        cond = (REGISTRY[c.op].torch.format(*(em.src(x) for x in c.args)) if boolean
+                else f"{em.src(c)} != 0")
+        return f"({em.full(a)} if {cond} else {em.full(b)})"
+    cond = em.src(c, arith=False) if boolean else f"({em.src(c)} != 0)"
+    if em.tensor[a] or em.tensor[b]:
+        return f"torch.where({cond}, {em.src(a)}, {em.src(b)})"
+    # two Python numbers would give a tensor of torch's default dtype
+    if _is_const(a, 1.0) and _is_const(b, 0.0):
+        return f"{cond}.to({em.dtype_ref}.dtype)"
+    return f"torch.where({cond}, {em.full(a)}, {em.src(b)})"
+
+
 # ------------------------------------------------------------------------------ sympy
 def _sym_cmp(rel):
     return lambda s, a, b: s.Piecewise((s.Integer(1), rel(a, b)), (s.Integer(0), True))
@@ -313,17 +433,19 @@ _ANY = (-3.0, 3.0)
 _register(Op("add", 2, "({0} + {1})", lambda s, a, b: a + b, _g_add, "a + b",
              math="({0} + {1})", infix="+", precedence=2, commutative=True, sample=(_ANY, _ANY), out="add", units="sum"))
 _register(Op("sub", 2, "({0} - {1})", lambda s, a, b: a - b, _g_sub, "a - b",
-             math="({0} - {1})", infix="-", precedence=2, sample=(_ANY, _ANY), out="sub", units="sum"))
+             math="({0} - {1})", infix="-", precedence=2, emit=_emit_rsub, sample=(_ANY, _ANY),
+             out="sub", units="sum"))
 _register(Op("mul", 2, "({0} * {1})", lambda s, a, b: a * b, _g_mul, "a * b",
              math="({0} * {1})", infix="*", precedence=3, commutative=True, sample=(_ANY, _ANY), out="mul", units="product"))
 _register(Op("div", 2, "({0} / {1})", lambda s, a, b: a / b, _g_div, "a / b",
-             math="({0} / {1})", infix="/", precedence=3,
+             math="({0} / {1})", infix="/", precedence=3, emit=_emit_rdiv,
              guard=lambda a, b: _safe_div(a, b), sample=(_ANY, _POS), out="div", units="product"))
 _register(Op("pow", 2, "torch.pow({0}, {1})", lambda s, a, b: a ** b, _g_pow, "a ** b",
-             math="({0} ** {1})", infix="**", precedence=5, guard=_guard_pow,
-             sample=(_POS, (-2.0, 3.0)), out="pow", units="power"))
+             math="({0} ** {1})", infix="**", precedence=5, right_assoc=True, guard=_guard_pow,
+             validate=_small_exponent, emit=_emit_square, sample=(_POS, (-2.0, 3.0)), out="pow",
+             units="power"))
 _register(Op("neg", 1, "(-{0})", lambda s, a: -a, _g_neg, "-a",
-             math="(-{0})", precedence=4, sample=(_ANY,), out="neg", units="keep"))
+             math="(-{0})", prefix="-", precedence=4, sample=(_ANY,), out="neg", units="keep"))
 
 # Elementary functions ----------------------------------------------------------------
 _register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a",
@@ -331,14 +453,14 @@ _register(Op("exp", 1, "torch.exp({0})", lambda s, a: s.exp(a), _g_exp, "e ** a"
              sample=(_ANY,), out="exp"))
 _register(Op("log", 1, "torch.log({0})", lambda s, a: s.log(a), _g_log, "natural logarithm",
              math="math.log({0})",
-             guard=lambda a: _clamped("log", a, TINY, _INF), sample=(_POS,), out="log"))
+             domain=(TINY, _INF), sample=(_POS,), out="log"))
 _register(Op("log1p", 1, "torch.log1p({0})", lambda s, a: s.log(1 + a), _g_log1p,
              "log(1 + a), accurate for small a",
              math="math.log1p({0})",
-             guard=lambda a: _clamped("log1p", a, -1.0 + 1e-7, _INF), sample=((-0.5, 3.0),), out="log1p"))
+             domain=(-1.0 + 1e-7, _INF), sample=((-0.5, 3.0),), out="log1p"))
 _register(Op("sqrt", 1, "torch.sqrt({0})", lambda s, a: s.sqrt(a), _g_sqrt, "square root",
              math="math.sqrt({0})",
-             guard=lambda a: _clamped("sqrt", a, TINY, _INF), sample=(_POS,), out="sqrt", units="root"))
+             domain=(TINY, _INF), sample=(_POS,), out="sqrt", units="root"))
 _register(Op("abs", 1, "torch.abs({0})", lambda s, a: s.Abs(a), _g_abs, "absolute value",
              math="abs({0})", sample=(_ANY,), out="abs", units="keep"))
 _register(Op("sign", 1, "torch.sign({0})", lambda s, a: s.sign(a), None,
@@ -368,8 +490,7 @@ _register(Op("atan", 1, "torch.atan({0})", lambda s, a: s.atan(a), _g_atan, "arc
              math="math.atan({0})", sample=(_ANY,), out="atan"))
 _register(Op("asin", 1, "torch.asin({0})", lambda s, a: s.asin(a), _g_asin, "arc sine",
              math="math.asin({0})",
-             guard=lambda a: _clamped("asin", a, -1.0 + 1e-6, 1.0 - 1e-6),
-             sample=((-0.9, 0.9),), out="asin"))
+             domain=(-1.0 + 1e-6, 1.0 - 1e-6), sample=((-0.9, 0.9),), out="asin"))
 _register(Op("sin", 1, "torch.sin({0})", lambda s, a: s.sin(a), _g_sin, "sine",
              math="math.sin({0})", sample=(_ANY,), out="sin"))
 _register(Op("cos", 1, "torch.cos({0})", lambda s, a: s.cos(a), _g_cos, "cosine",
@@ -380,18 +501,22 @@ _register(Op("erf", 1, "torch.erf({0})", lambda s, a: s.erf(a), _g_erf, "error f
 # Piecewise ---------------------------------------------------------------------------
 _register(Op("min", 2, "torch.minimum({0}, {1})", lambda s, a, b: s.Min(a, b), _g_min,
              "elementwise minimum (gradient split on ties, as torch)",
-             math="min({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="minimum", units="same"))
+             math="min({0}, {1})", commutative=True, idempotent=True, emit=_emit_bound("max"),
+             sample=(_ANY, _ANY), out="minimum", units="same"))
 _register(Op("max", 2, "torch.maximum({0}, {1})", lambda s, a, b: s.Max(a, b), _g_max,
              "elementwise maximum (gradient split on ties, as torch)",
-             math="max({0}, {1})", commutative=True, sample=(_ANY, _ANY), out="maximum", units="same"))
+             math="max({0}, {1})", commutative=True, idempotent=True, emit=_emit_bound("min"),
+             sample=(_ANY, _ANY), out="maximum", units="same"))
 _register(Op("clamp", 3, "torch.clamp({0}, {1}, {2})",
              lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi), _g_clamp,
              "clamp(x, lo, hi); use inf for an open side",
-             math="min(max({0}, {1}), {2})", sample=(_ANY, (-2.0, -1.0), (1.0, 2.0)), out="clamp", units="same"))
+             math="min(max({0}, {1}), {2})", emit=_emit_clamp,
+             sample=(_ANY, (-2.0, -1.0), (1.0, 2.0)), out="clamp", units="same"))
 _register(Op("where", 3, "torch.where({0} != 0, {1}, {2})",
              lambda s, c, a, b: s.Piecewise((a, s.Ne(c, 0)), (b, True)), _g_where,
              "where(cond, a, b): a where cond is non-zero, else b",
-             math="({1} if {0} else {2})", sample=((0.0, 1.0), _ANY, _ANY), units="select"))
+             math="({1} if {0} else {2})", condition=True, emit=_emit_where,
+             sample=((0.0, 1.0), _ANY, _ANY), out="where", units="select"))
 
 # Comparisons (1.0 or 0.0, no gradient) ------------------------------------------------
 for _name, _sym, _rel in (
@@ -406,9 +531,6 @@ for _name, _sym, _rel in (
                  comparison=True, sample=(_ANY, _ANY), units="same"))
 
 # Gradient control -----------------------------------------------------------------------
-_register(Op("stop_grad", 1, "({0}).detach()", lambda s, a: s.stop_grad(a), None,
+_register(Op("stop_grad", 1, "{0}.detach()", lambda s, a: s.stop_grad(a), None,
              "identity in value, blocks the gradient (torch .detach())",
-             math="{0}", sample=(_ANY,), units="keep"))
-
-#: the ops whose torch form returns a bool tensor
-BOOL_OPS = frozenset(n for n, op in REGISTRY.items() if op.comparison)
+             math="{0}", alias=True, sample=(_ANY,), units="keep"))

@@ -2,8 +2,9 @@
 
 The text is parsed by Python's :mod:`ast` and the tree is walked with an allow-list:
 numbers, names that the caller declares (terminals, parameters) or that are built-in
-constants (``pi``, ``e``, ``inf``), the arithmetic operators, single comparisons and calls
-of registry primitives by name. Nothing is ever evaluated: no ``eval``, ``exec`` or
+constants (``pi``, ``e``, ``inf``), and the operators and calls of registry primitives:
+what an operator means, which names are callable and with how many arguments is read from
+the registry at parse time. Nothing is ever evaluated: no ``eval``, ``exec`` or
 ``sympify`` touches the text. Limits on length, nesting and size keep hostile input
 from exhausting the parser.
 """
@@ -24,11 +25,25 @@ MAX_ABS_CONST = 1e12
 
 CONSTANTS = {"pi": math.pi, "e": math.e, "inf": math.inf}
 
-_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
-_CMPOPS = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
-_FUNCTIONS = {
-    name for name, spec in ops.REGISTRY.items() if not spec.infix and name != "neg"
+#: Python's operator spellings (syntax only: the registry says which ops they are, if any)
+_SPELLING = {
+    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**", ast.Mod: "%",
+    ast.FloorDiv: "//", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>", ast.BitOr: "|",
+    ast.BitXor: "^", ast.BitAnd: "&", ast.USub: "-", ast.Invert: "~", ast.Not: "not",
+    ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
+    ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in",
 }
+
+
+def _operator(node: ast.AST, arity: int, comparison: bool) -> Optional[ops.Op]:
+    """The registry op the Python operator ``node`` (an ``ast`` operator) stands for."""
+    op = ops.spelled(_SPELLING.get(type(node), ""), arity)
+    return op if op is not None and op.comparison == comparison else None
+
+
+def _spellings(arity: int, comparison: bool) -> str:
+    return " ".join(op.infix for op in ops.REGISTRY.values()
+                    if op.arity == arity and op.infix and op.comparison == comparison)
 
 
 class Macro:
@@ -153,41 +168,47 @@ class _Walker:
             return macro.body
         if name in CONSTANTS:
             return Const(CONSTANTS[name])
-        if name in _FUNCTIONS:
+        if name in ops.functions():
             self.fail(node, f"primitive {name!r} must be called, e.g. {name}(x)")
         known = (sorted(self.terminals) + sorted(self.params) + sorted(self.macros)
                  + sorted(CONSTANTS))
         self.fail(node, f"unknown name {name!r}", did_you_mean(name, known))
 
+    def apply(self, node: ast.AST, op: ops.Op, args: Sequence[Expr]) -> Expr:
+        complaint = op.validate(*args) if op.validate is not None else None
+        if complaint:
+            self.fail(node, complaint)
+        return Call(op.name, args)
+
     def visit_UnaryOp(self, node: ast.UnaryOp, level: int) -> Expr:
         if isinstance(node.op, ast.UAdd):
             return self.visit(node.operand, level)
-        if not isinstance(node.op, ast.USub):
+        op = _operator(node.op, 1, comparison=False)
+        if op is None:
             self.fail(node, f"operator {type(node.op).__name__} is not allowed")
         operand = self.visit(node.operand, level)
-        if isinstance(node.operand, ast.Constant) and type(operand) is Const:
+        if (isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+                and type(operand) is Const):
             return Const(-operand.value)  # a negative literal is a constant
-        return Call("neg", (operand,))
+        return self.apply(node, op, (operand,))
 
     def visit_BinOp(self, node: ast.BinOp, level: int) -> Expr:
-        op = _BINOPS.get(type(node.op))
+        op = _operator(node.op, 2, comparison=False)
         if op is None:
             self.fail(node, f"operator {type(node.op).__name__} is not allowed "
-                            "(use + - * / **)")
-        left = self.visit(node.left, level)
-        right = self.visit(node.right, level)
-        if op == "pow" and type(right) is Const and abs(right.value) > 64:
-            self.fail(node, f"exponent {right.value:g} is too large (|exponent| <= 64)")
-        return Call(op, (left, right))
+                            f"(use {_spellings(2, comparison=False)})")
+        return self.apply(node, op, (self.visit(node.left, level),
+                                     self.visit(node.right, level)))
 
     def visit_Compare(self, node: ast.Compare, level: int) -> Expr:
         if len(node.ops) != 1:
             self.fail(node, "chained comparisons are not allowed; use one comparison")
-        op = _CMPOPS.get(type(node.ops[0]))
+        op = _operator(node.ops[0], 2, comparison=True)
         if op is None:
             self.fail(node, f"comparison {type(node.ops[0]).__name__} is not allowed "
-                            "(use < <= > >=)")
-        return Call(op, (self.visit(node.left, level), self.visit(node.comparators[0], level)))
+                            f"(use {_spellings(2, comparison=True)})")
+        return self.apply(node, op, (self.visit(node.left, level),
+                                     self.visit(node.comparators[0], level)))
 
     def visit_Call(self, node: ast.Call, level: int) -> Expr:
         if not isinstance(node.func, ast.Name):
@@ -199,8 +220,9 @@ class _Walker:
                 self.fail(node, f"{name}() takes {len(macro.args)} argument(s): "
                                 f"{name}({', '.join(macro.args)})")
             return macro.expand([self.visit(a, level) for a in node.args])
-        if name not in _FUNCTIONS:
-            self.fail(node, f"unknown primitive {name!r}", did_you_mean(name, _FUNCTIONS))
+        functions = ops.functions()
+        if name not in functions:
+            self.fail(node, f"unknown primitive {name!r}", did_you_mean(name, functions))
         if node.keywords:
             self.fail(node, f"{name}() takes no keyword arguments")
         spec = ops.REGISTRY[name]
@@ -208,7 +230,7 @@ class _Walker:
             self.fail(node, f"{name}() does not take *arguments")
         if len(node.args) != spec.arity:
             self.fail(node, f"{name}() takes {spec.arity} argument(s), got {len(node.args)}")
-        return Call(name, tuple(self.visit(a, level) for a in node.args))
+        return self.apply(node, spec, tuple(self.visit(a, level) for a in node.args))
 
 
 def _check_constants(root: Expr, where: str, text: str) -> None:
@@ -221,7 +243,7 @@ def _check_constants(root: Expr, where: str, text: str) -> None:
             value[node] = node.value
         elif type(node) is Call and all(value.get(a) is not None for a in node.args):
             folded = _fold(node.op, *(Const(value[a]) for a in node.args))
-            if folded is None and node.op not in ("log", "sqrt", "log1p", "asin"):
+            if folded is None and ops.REGISTRY[node.op].domain is None:
                 raise ExpressionError(f"{where}: constant subexpression {node} overflows or is "
                                       f"undefined in {text!r}")
             value[node] = None if folded is None else folded.value

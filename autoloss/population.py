@@ -212,7 +212,7 @@ class PopulationEvaluator:
                     value = self._apply(node, args, buffer)
                 self.nodes_evaluated += 1
                 if isinstance(value, torch.Tensor):
-                    if node.op == "stop_grad":  # an alias of its argument: nobody owns it
+                    if ops.REGISTRY[node.op].alias:  # its argument's memory: nobody owns it
                         owned.discard(node.args[0])
                     elif node in self.terminal_nodes:
                         self.cache[node] = value
@@ -235,8 +235,8 @@ class PopulationEvaluator:
 
     @staticmethod
     def _writes_out(node: Call) -> bool:
-        return (ops.REGISTRY[node.op].out is not None or node.op == "where"
-                or node.op in ops.BOOL_OPS)
+        spec = ops.REGISTRY[node.op]
+        return spec.out is not None or spec.comparison
 
     @classmethod
     def _donor(cls, node: Call, owned, remaining, wanted) -> Optional[Expr]:
@@ -250,20 +250,19 @@ class PopulationEvaluator:
 
     def _apply(self, node: Call, args: list[torch.Tensor],
                out: Optional[torch.Tensor] = None) -> torch.Tensor | Failure:
-        op = node.op
+        spec = ops.REGISTRY[node.op]
         try:
-            if op == "where":
-                value = torch.where(args[0] != 0, args[1], args[2], out=out) if out is not None \
-                    else torch.where(args[0] != 0, args[1], args[2])
-            elif op in ops.BOOL_OPS:
-                mask = ops.REGISTRY[op].fn(*args)
+            if spec.comparison:
+                mask = spec.fn(*args)
                 value = out.copy_(mask) if out is not None else mask.to(self.dtype)
-            elif out is not None:
-                value = getattr(torch, ops.REGISTRY[op].out)(*args, out=out)
-            elif op == "stop_grad":
+            elif spec.alias:
                 value = args[0]
+            elif out is not None:
+                if spec.condition:
+                    args = [args[0] != 0, *args[1:]]
+                value = getattr(torch, spec.out)(*args, out=out)
             else:
-                value = ops.REGISTRY[op].fn(*args)
+                value = spec.fn(*args)
         except RuntimeError as err:
-            return Failure(f"{op}() failed: {err}")
+            return Failure(f"{node.op}() failed: {err}")
         return value

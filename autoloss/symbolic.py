@@ -3,15 +3,18 @@
 Each registry op carries its sympy form; the few functions sympy lacks (sigmoid,
 logsigmoid, softplus, stop_grad) are defined here with their derivatives and LaTeX.
 ``from_sympy`` maps a sympy expression back to the IR (used after ``simplify`` and
-``diff``). Never call ``sympy.sympify`` on user text: the IR is built by the safe parser.
+``diff``) by reading those forms backwards. Never call ``sympy.sympify`` on user text: the
+IR is built by the safe parser.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import types
 from typing import Iterable, Mapping, Optional
 
 import sympy
+from sympy.core.operations import AssocOp
 
 from . import expr as E
 from . import ops
@@ -19,8 +22,16 @@ from .errors import ExpressionError
 from .expr import Const, Expr, Param, Var
 
 
+def _np():
+    return __import__("numpy")
+
+
+# Functions sympy lacks, each with its derivative, LaTeX and numpy form (``numpy``, for
+# ``lambdify``).
 class sigmoid(sympy.Function):  # noqa: N801 - printed name
     """Logistic function."""
+
+    numpy = staticmethod(lambda x: 1.0 / (1.0 + _np().exp(-x)))
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -40,6 +51,8 @@ class sigmoid(sympy.Function):  # noqa: N801 - printed name
 class logsigmoid(sympy.Function):  # noqa: N801
     """log(sigmoid(x))."""
 
+    numpy = staticmethod(lambda x: -_np().logaddexp(0.0, -x))
+
     def fdiff(self, argindex=1):
         return sigmoid(-self.args[0])
 
@@ -56,6 +69,8 @@ class logsigmoid(sympy.Function):  # noqa: N801
 
 class softplus(sympy.Function):  # noqa: N801
     """log(1 + exp(x))."""
+
+    numpy = staticmethod(lambda x: _np().logaddexp(0.0, x))
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -74,6 +89,8 @@ class softplus(sympy.Function):  # noqa: N801
 class stop_grad(sympy.Function):  # noqa: N801
     """Identity in value with zero derivative (torch ``.detach()``)."""
 
+    numpy = staticmethod(lambda x: x)
+
     def fdiff(self, argindex=1):
         return sympy.Integer(0)
 
@@ -85,18 +102,15 @@ class stop_grad(sympy.Function):  # noqa: N801
         return s if exp is None else r"%s^{%s}" % (s, exp)
 
 
-#: namespace handed to the registry's sympy forms
-S = types.SimpleNamespace(**{k: getattr(sympy, k) for k in dir(sympy) if not k.startswith("_")})
-S.sigmoid, S.logsigmoid, S.softplus, S.stop_grad = sigmoid, logsigmoid, softplus, stop_grad
+_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad)
 
-#: numeric implementations of the custom functions, for ``sympy.lambdify``
-NUMPY_FUNCS = {
-    "sigmoid": lambda x: 1.0 / (1.0 + __import__("numpy").exp(-x)),
-    "logsigmoid": lambda x: -__import__("numpy").logaddexp(0.0, -x),
-    "softplus": lambda x: __import__("numpy").logaddexp(0.0, x),
-    "stop_grad": lambda x: x,
-    "erf": lambda x: __import__("numpy").vectorize(math.erf, otypes=[float])(x),
-}
+#: namespace handed to the registry's sympy forms
+S = types.SimpleNamespace(**{k: getattr(sympy, k) for k in dir(sympy) if not k.startswith("_")},
+                          **{f.__name__: f for f in _CUSTOM})
+
+#: numeric implementations of the functions numpy lacks, for ``sympy.lambdify``
+NUMPY_FUNCS = {f.__name__: f.numpy for f in _CUSTOM}
+NUMPY_FUNCS["erf"] = lambda x: _np().vectorize(math.erf, otypes=[float])(x)
 
 
 def _number(value: float):
@@ -162,9 +176,16 @@ def to_sympy(root: Expr, *, bind_params: bool = False,
 
 def from_sympy(sym: sympy.Basic, terminals: Iterable[str] = (),
                params: Optional[Mapping[str, Param]] = None) -> Expr:
-    """Map a sympy expression back to the IR (inverse of :func:`to_sympy`)."""
+    """Map a sympy expression back to the IR (inverse of :func:`to_sympy`).
+
+    Each registry op's sympy form, taken on placeholder arguments, is a pattern; a sympy
+    node becomes the op whose pattern it fills (the most specific one: ``log(1 + x)`` is
+    ``log1p(x)`` before it is ``log(1 + x)``). Sums, products, minima and maxima of more
+    than two terms are taken two at a time; a ``Piecewise`` is a chain of selections.
+    """
     terminals = set(terminals)
     params = dict(params or {})
+    patterns = _patterns()
 
     def conv(s) -> Expr:
         if s.is_Symbol:
@@ -173,62 +194,26 @@ def from_sympy(sym: sympy.Basic, terminals: Iterable[str] = (),
             if s.name in terminals or not terminals:
                 return Var(s.name)
             raise ExpressionError(f"sympy result uses unknown symbol {s.name!r}")
-        if s is sympy.pi:
-            return Const(math.pi)
-        if s is sympy.E:
-            return Const(math.e)
-        if s is sympy.oo:
-            return Const(math.inf)
-        if s is sympy.S.NegativeInfinity:
-            return Const(-math.inf)
+        if s in _CONSTANTS:
+            return Const(_CONSTANTS[s])
         if s.is_Number:
             return Const(float(s))
-        if isinstance(s, sympy.Add):
-            terms = [conv(a) for a in s.args]
-            out = terms[0]
-            for t in terms[1:]:
-                out = E.add(out, t)
-            return out
-        if isinstance(s, sympy.Mul):
-            out = conv(s.args[0])
-            for a in s.args[1:]:
-                out = E.mul(out, conv(a))
-            return out
-        if isinstance(s, sympy.Pow):
-            base, ex = s.args
-            if ex == sympy.Rational(1, 2):
-                return E.call("sqrt", conv(base))
-            if base is sympy.E:
-                return E.call("exp", conv(ex))
-            return E.pow(conv(base), conv(ex))
-        if isinstance(s, sympy.exp):
-            return E.call("exp", conv(s.args[0]))
-        if isinstance(s, (sympy.Min, sympy.Max)):
-            op = "min" if isinstance(s, sympy.Min) else "max"
-            args = [conv(a) for a in s.args]
-            out = args[0]
-            for a in args[1:]:
-                out = E.call(op, out, a)
-            return out
+        for op, pattern, holes in patterns.get(s.func, ()):
+            bound: dict = {}
+            if _match(pattern, s, bound):
+                return E.call(op.name, *(conv(bound[h]) for h in holes))
+        if isinstance(s, AssocOp) and len(s.args) > 2:  # a + b + c = (a + b) + c
+            return conv(s.func(s.func(*s.args[:-1], evaluate=False), s.args[-1],
+                               evaluate=False))
         if isinstance(s, sympy.Piecewise):
             return _piecewise(s, conv)
         if isinstance(s, sympy.Heaviside):
-            # Heaviside(x) with H(0) = 1/2 appears in sympy derivatives of Max/Min
-            x = conv(s.args[0])
-            zero = Const(0.0)
-            return E.add(E.call("gt", x, zero),
-                         E.mul(Const(0.5), E.call("ge", x, zero)) - E.mul(
-                             Const(0.5), E.call("gt", x, zero)))
+            # Heaviside(x, H0) appears in sympy derivatives of Max/Min
+            x, h0 = s.args[0], s.args[1] if len(s.args) > 1 else sympy.S.Half
+            sign = sympy.sign(x)
+            return conv((1 + sign) / 2 + (h0 - sympy.S.Half) * (1 - sign ** 2))
         if isinstance(s, sympy.core.relational.Relational):
             return _relational(s, conv)
-        name = {
-            sympy.log: "log", sympy.Abs: "abs", sympy.sign: "sign", sympy.tanh: "tanh",
-            sympy.atan: "atan", sympy.sin: "sin", sympy.cos: "cos", sympy.erf: "erf",
-            sigmoid: "sigmoid", logsigmoid: "logsigmoid", softplus: "softplus",
-            stop_grad: "stop_grad",
-        }.get(type(s))
-        if name is not None and len(s.args) == 1:
-            return E.call(name, conv(s.args[0]))
         raise ExpressionError(
             f"cannot map sympy expression {s} ({type(s).__name__}) back to autoloss primitives"
         )
@@ -236,26 +221,72 @@ def from_sympy(sym: sympy.Basic, terminals: Iterable[str] = (),
     return conv(sym)
 
 
+_CONSTANTS = {sympy.pi: math.pi, sympy.E: math.e, sympy.oo: math.inf, -sympy.oo: -math.inf}
+
+
+def _patterns() -> dict:
+    """sympy head -> [(op, its sympy form on placeholders, the placeholders)], the most
+    specific form first. Built from the registry when asked (it may have grown since)."""
+    table: dict = {}
+    for op in ops.REGISTRY.values():
+        holes = tuple(sympy.Dummy(f"a{i}", real=True) for i in range(op.arity))
+        form = op.sympy(S, *holes)
+        if form in holes or not form.has(*holes):
+            continue  # an identity or a constant matches anything or nothing
+        table.setdefault(form.func, []).append((op, form, holes))
+    for forms in table.values():
+        forms.sort(key=lambda entry: -sum(1 for n in sympy.preorder_traversal(entry[1])
+                                          if n not in entry[2]))
+    return table
+
+
+def _match(pattern, s, bound: dict) -> bool:
+    """Whether ``s`` is ``pattern`` with its placeholders filled (recorded in ``bound``);
+    the terms of a sum, product, min or max may come in any order."""
+    if isinstance(pattern, sympy.Dummy):
+        if pattern in bound:
+            return bound[pattern] == s
+        bound[pattern] = s
+        return True
+    if not pattern.args or pattern.func != s.func or len(pattern.args) != len(s.args):
+        return pattern == s
+    orders = itertools.permutations(s.args) if isinstance(s, AssocOp) else (s.args,)
+    for args in orders:
+        trial = dict(bound)
+        if all(_match(p, a, trial) for p, a in zip(pattern.args, args)):
+            bound.update(trial)
+            return True
+    return False
+
+
+def _comparison(rel_op: str) -> ops.Op:
+    op = ops.spelled(rel_op, 2)
+    if op is None or not op.comparison:
+        raise ExpressionError(f"cannot map relation {rel_op!r} to an autoloss comparison")
+    return op
+
+
 def _relational(s, conv) -> Expr:
-    lhs, rhs = conv(s.lhs), conv(s.rhs)
-    op = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}.get(s.rel_op)
-    if op is None:
-        raise ExpressionError(f"cannot map relation {s.rel_op!r} to an autoloss comparison")
-    return E.call(op, lhs, rhs)
+    return E.call(_comparison(s.rel_op).name, conv(s.lhs), conv(s.rhs))
 
 
 def _piecewise(s, conv) -> Expr:
     pieces = list(s.args)
     if pieces[-1].cond is not sympy.true:
         raise ExpressionError(f"piecewise without an otherwise-branch: {s}")
+    select = next((op for op in ops.REGISTRY.values() if op.condition), None)
+    if select is None:
+        raise ExpressionError(f"no primitive selects by a condition, needed for {s}")
     out = conv(pieces[-1].expr)
     for piece in reversed(pieces[:-1]):
         cond = piece.cond
         if isinstance(cond, sympy.Ne) and cond.rhs == 0:
             c = conv(cond.lhs)
-        else:
+        elif isinstance(cond, sympy.core.relational.Relational):
             c = _relational(cond, conv)
-        out = E.call("where", c, conv(piece.expr), out)
+        else:
+            raise ExpressionError(f"cannot map condition {cond} to an autoloss comparison")
+        out = E.call(select.name, c, conv(piece.expr), out)
     return out
 
 

@@ -281,6 +281,14 @@ def test_sympy_round_trip_and_simplify():
         assert float(f.subs(point).evalf()) == pytest.approx(float(g.subs(point).evalf()), rel=1e-12)
 
 
+def test_simplify_maps_every_primitive_back():
+    # sympy's forms come back as the primitives they were (asin had no way back once)
+    assert simplify(p("2 * asin(x) - asin(x)")) == p("asin(x)")
+    assert simplify(p("log(1 + x) + 0 * y")) == p("log1p(x)")
+    assert simplify(p("x - y + y - x + where(x < y, 2 * asin(x), 1)")) == \
+        p("where(x < y, 2 * asin(x), 1)")
+
+
 def test_symbolic_gradient_and_stop_grad():
     g = gradient(p("stop_grad(x) * x + sigmoid(x)"), "x")
     x = sympy.Symbol("x", real=True)

@@ -5,12 +5,12 @@ import pytest
 import sympy
 import torch
 
-from autoloss import autodiff, ops
+from autoloss import autodiff, ops, symbolic
 from autoloss import expr as E
 from autoloss.codegen import Emitter
 from autoloss.compiler import guard
 from autoloss.expr import Call, Var
-from autoloss.symbolic import symbol, to_sympy
+from autoloss.symbolic import from_sympy, symbol, to_sympy
 
 OPS = ops.names()
 ARGS = ["a", "b", "c"]
@@ -116,23 +116,65 @@ def test_guards_are_total(name):
         assert torch.isfinite(gv).all(), (name, a)
 
 
-def test_adding_a_primitive_is_one_entry(monkeypatch):
-    # a new op registered once is parsed, printed, compiled, differentiated and bridged
-    from autoloss.compiler import CompiledLoss
-    from autoloss.parse import _FUNCTIONS, parse
+@pytest.mark.parametrize("name", OPS)
+def test_sympy_form_maps_back_to_the_op(name):
+    """from_sympy reads every op's sympy form backwards: the op comes back, not just its value."""
+    spec = ops.get(name)
+    node = Call(name, tuple(Var(a) for a in ARGS[:spec.arity]))
+    assert from_sympy(to_sympy(node)) == node
 
-    new = ops.Op("cube", 1, "({0} * {0} * {0})", lambda s, a: a ** 3,
-                 lambda a, out, g: (E.mul(E.mul(E.const(3.0), g), E.mul(a[0], a[0])),),
-                 "x ** 3", math="({0} ** 3)", sample=((-2.0, 2.0),))
-    monkeypatch.setitem(ops.REGISTRY, "cube", new)
-    monkeypatch.setattr("autoloss.parse._FUNCTIONS", _FUNCTIONS | {"cube"})
-    node = parse("cube(d)", ["d", "ad", "pred", "target"])
-    assert E.to_infix(node) == "cube(d)"
-    assert to_sympy(node) == (symbol("pred") - symbol("target")) ** 3 or True
-    loss = CompiledLoss(node, "coord", name="cube_loss")
-    pred = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
-    target = torch.zeros(1, 4, dtype=torch.float64)
-    out = loss(pred, target)
-    torch.testing.assert_close(out, pred.detach() ** 3)
-    (g,) = torch.autograd.grad(out.sum(), pred)
-    torch.testing.assert_close(g, 3 * pred.detach() ** 2)
+
+class cube(sympy.Function):  # noqa: N801 - printed name
+    """The sympy counterpart of the test primitive below."""
+
+    def fdiff(self, argindex=1):
+        return 3 * self.args[0] ** 2
+
+    def _eval_evalf(self, prec):
+        return (self.args[0] ** 3)._eval_evalf(prec)
+
+
+@pytest.fixture
+def cube_op():
+    """A primitive that exists for one test: registered, then removed."""
+    op = ops.Op("cube", 1, "({0} * {0} * {0})", lambda s, a: cube(a),
+                lambda a, out, g: (E.mul(E.mul(E.const(3.0), g), E.mul(a[0], a[0])),),
+                "a ** 3", math="({0} ** 3)", sample=((-2.0, 2.0),), units="keep")
+    ops._register(op)
+    yield op
+    del ops.REGISTRY["cube"]
+
+
+def test_adding_a_primitive_is_one_entry(cube_op):
+    """One registry entry, and nothing else: the new op is parsed, printed, bridged to
+    sympy both ways, compiled, differentiated and scored by the population evaluator."""
+    from autoloss.compiler import CompiledLoss
+    from autoloss.parse import parse
+    from autoloss.population import PopulationEvaluator
+    from autoloss.signatures import SIGNATURES
+
+    coord = SIGNATURES["coord"]
+    node = parse("cube(d) + 2", coord.names)
+    assert E.to_infix(node) == "cube(d) + 2"
+    d, pred, target = symbol("d"), symbol("pred"), symbol("target")
+    assert to_sympy(node) == cube(d) + 2
+    assert to_sympy(node, inline=coord.definitions) == cube(pred - target) + 2
+    assert from_sympy(to_sympy(node), coord.names) == parse("2 + cube(d)", coord.names)
+    assert symbolic.simplify(parse("cube(d) * 2 - cube(d)", coord.names)) == parse("cube(d)",
+                                                                                  coord.names)
+    # the closed-form gradient rule agrees with sympy's derivative of the sympy form
+    (grad,) = autodiff.vjp(Call("cube", (Var("a"),)), ["a"]).values()
+    assert sympy.simplify(to_sympy(grad) - sympy.diff(cube(symbol("a")), symbol("a"))) == 0
+
+    pred_t = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    target_t = torch.zeros(1, 4, dtype=torch.float64)
+    for mode in ("exact", "search"):
+        loss = CompiledLoss(node, "coord", name="cube_loss", mode=mode)
+        out = loss(pred_t, target_t)
+        torch.testing.assert_close(out, pred_t.detach() ** 3 + 2)
+        (g,) = torch.autograd.grad(out.sum(), pred_t)
+        torch.testing.assert_close(g, 3 * pred_t.detach() ** 2)
+    evaluator = PopulationEvaluator("coord", [pred_t.detach(), target_t])
+    (result,) = evaluator.evaluate([node], grad=True)
+    torch.testing.assert_close(result.value, pred_t.detach() ** 3 + 2)
+    torch.testing.assert_close(result.grads["pred"], 3 * pred_t.detach() ** 2)
