@@ -283,8 +283,14 @@ def test_search_validates_and_reports(tiny, tmp_path):
     assert data["validation"]["rows"] and data["validation"]["held_out"]
     assert data["validation"]["rows"][-1]["label"].startswith("zoo seed:")
     assert data["best"] and data["engine_overhead"]["ratio"] is not None
-    assert set(data["states"]) >= {"complete", "fail", "pruned"}
+    study = optuna.load_study(study_name="search", storage=storage(search.folder))
+    assert data["states"] == {s.name.lower(): sum(t.state == s for t in study.trials)
+                              for s in optuna.trial.TrialState}
+    assert sum(data["states"].values()) == data["trials"] == len(study.trials)
     v = data["verdicts"]
+    assert data["states"]["complete"] == v["accepted"] + v["reused"] > 0
+    assert data["states"]["pruned"] == v["pruned"] and data["states"]["running"] == 0
+    assert data["states"]["fail"] == v["rejected"] + v["failed"] + v["interrupted"]
     assert sum(data["rejected_by"].values()) == v["rejected"] + v["failed"]
     assert data["rejected_by"].get("units", 0) == sum(data["rejections"].get("units", {}).values())
     report = write_report(search.folder)
@@ -303,13 +309,19 @@ def test_search_validates_and_reports(tiny, tmp_path):
 
 def test_resume_continues_and_keeps_finished_trials(tiny, tmp_path):
     search, first = run_search(tiny, tmp_path, name="r", trials=6, validate=False)
+    before = optuna.load_study(study_name="search", storage=storage(search.folder)).trials
+    keys = [(t.number, t.state, t.user_attrs["candidate"]["key"]) for t in before]
+    assert len(keys) == first["trials"] >= 6
     again = Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r", resume=True,
                           trials=10, validate=False)
     summary = again.run()
     study = optuna.load_study(study_name="search", storage=storage(search.folder))
     assert summary["trials"] >= 10 and len(study.trials) >= 10
-    assert [t.user_attrs["candidate"]["key"] for t in study.trials[:6]] == \
-        [t.user_attrs["candidate"]["key"] for t in study.trials[:6]]
+    # the first session's trials are kept as they were, and the resumed one added to them
+    assert [(t.number, t.state, t.user_attrs["candidate"]["key"])
+            for t in study.trials[:len(keys)]] == keys
+    assert sum(summary["verdicts"].values()) == sum(first["verdicts"].values()) + \
+        summary["engine_overhead"]["trials"]
     with pytest.raises(Exception, match="exists: pass --resume"):
         Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r")
 
