@@ -215,7 +215,8 @@ def search_cmd(args) -> int:
                   f"  autoloss search {args.space} --resume --name {search.folder.name}"
                   f" --runs-dir {args.runs_dir}")
         return 130
-    from .search.report import exported_note, print_summary, write_report
+    from .search.report import print_summary, write_report
+    from .search.summary import exported_note
 
     print_summary(summary, con)
     if not args.no_report:
@@ -235,9 +236,9 @@ def search_cmd(args) -> int:
 
 def report_cmd(args) -> int:
     from .search.report import write_report
-    from .search.runs import resolve
+    from .search.runs import Run
 
-    path = write_report(resolve(args.run, args.runs_dir), export=not args.no_export)
+    path = write_report(Run.find(args.run, args.runs_dir), export=not args.no_export)
     print(f"wrote {path}")
     return 0
 
@@ -260,9 +261,14 @@ def export_cmd(args) -> int:
         prov = export.Provenance(source="hand-written expression", formula=args.expr)
         default_name = "CustomLoss"
     elif args.run:
-        from .search.runs import export_run
+        from .search.runs import Run, export_run
 
-        return export_run(args)
+        run = Run.find(args.run, args.runs_dir)
+        path = export_run(run, trial=args.trial, best=args.best, output=args.output,
+                          name=args.name, trainable=args.trainable_constants, check=args.check)
+        print(f"wrote {path}" + (f" (trial {args.trial})" if args.trial is not None else
+                                 f": {run.exported_note()}"))
+        return 0
     else:
         raise AutolossError("say what to export: RUN, --zoo ID, or --expr EXPR --signature SIG")
     name = args.name or default_name

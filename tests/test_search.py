@@ -236,6 +236,45 @@ def test_every_strategy_runs_and_records_trials(tiny, tmp_path, strategy):
         assert origins == ["seed:iou", "seed:giou", "seed:diou", "seed:ciou"]
 
 
+@pytest.mark.parametrize("strategy", NAMES)
+def test_strategies_run_on_a_handle_without_optuna(tiny, strategy):
+    """A backend without a sampler (Ray Tune's trials) drives every strategy through a
+    plain handle; the same trial number and history give the same candidate."""
+    import dataclasses
+
+    from autoloss.search import strategies
+    from autoloss.search.handle import SampledTrial
+
+    space = spaces.load(tiny)
+    if strategy == "nsga2":
+        space = dataclasses.replace(space, complexity=True)
+    rng, history = random.Random(0), []
+    for number in range(12):
+        cand = strategies.make(strategy, space, 3).propose(SampledTrial(number, 3), history)
+        again = strategies.make(strategy, space, 3).propose(SampledTrial(number, 3), history)
+        assert cand.key == again.key and cand.slots["reg"] is not None
+        values = (rng.random(),) + ((float(cand.complexity),) if space.complexity else ())
+        history.append(strategies.Entry(number, cand, values))
+    if strategy == "evolution":
+        assert [e.candidate.origin for e in history[:4]] == ["seed:iou", "seed:giou",
+                                                             "seed:diou", "seed:ciou"]
+        assert any(e.candidate.parents for e in history[4:])  # evolved from the history
+
+
+def test_only_the_optuna_backend_reaches_into_optuna():
+    from pathlib import Path
+
+    import autoloss
+
+    root = Path(autoloss.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        if path.name != "optuna_backend.py":
+            assert "._storage" not in text and "._trial_id" not in text, path
+    strategies_src = (root / "search" / "strategies.py").read_text()
+    assert "optuna" not in strategies_src
+
+
 def test_search_validates_and_reports(tiny, tmp_path):
     from autoloss.search.report import write_report
 
@@ -244,8 +283,14 @@ def test_search_validates_and_reports(tiny, tmp_path):
     assert data["validation"]["rows"] and data["validation"]["held_out"]
     assert data["validation"]["rows"][-1]["label"].startswith("zoo seed:")
     assert data["best"] and data["engine_overhead"]["ratio"] is not None
-    assert set(data["states"]) >= {"complete", "fail", "pruned"}
+    study = optuna.load_study(study_name="search", storage=storage(search.folder))
+    assert data["states"] == {s.name.lower(): sum(t.state == s for t in study.trials)
+                              for s in optuna.trial.TrialState}
+    assert sum(data["states"].values()) == data["trials"] == len(study.trials)
     v = data["verdicts"]
+    assert data["states"]["complete"] == v["accepted"] + v["reused"] > 0
+    assert data["states"]["pruned"] == v["pruned"] and data["states"]["running"] == 0
+    assert data["states"]["fail"] == v["rejected"] + v["failed"] + v["interrupted"]
     assert sum(data["rejected_by"].values()) == v["rejected"] + v["failed"]
     assert data["rejected_by"].get("units", 0) == sum(data["rejections"].get("units", {}).values())
     report = write_report(search.folder)
@@ -264,13 +309,19 @@ def test_search_validates_and_reports(tiny, tmp_path):
 
 def test_resume_continues_and_keeps_finished_trials(tiny, tmp_path):
     search, first = run_search(tiny, tmp_path, name="r", trials=6, validate=False)
+    before = optuna.load_study(study_name="search", storage=storage(search.folder)).trials
+    keys = [(t.number, t.state, t.user_attrs["candidate"]["key"]) for t in before]
+    assert len(keys) == first["trials"] >= 6
     again = Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r", resume=True,
                           trials=10, validate=False)
     summary = again.run()
     study = optuna.load_study(study_name="search", storage=storage(search.folder))
     assert summary["trials"] >= 10 and len(study.trials) >= 10
-    assert [t.user_attrs["candidate"]["key"] for t in study.trials[:6]] == \
-        [t.user_attrs["candidate"]["key"] for t in study.trials[:6]]
+    # the first session's trials are kept as they were, and the resumed one added to them
+    assert [(t.number, t.state, t.user_attrs["candidate"]["key"])
+            for t in study.trials[:len(keys)]] == keys
+    assert sum(summary["verdicts"].values()) == sum(first["verdicts"].values()) + \
+        summary["engine_overhead"]["trials"]
     with pytest.raises(Exception, match="exists: pass --resume"):
         Search.create(str(tiny), runs_dir=tmp_path / "runs", name="r")
 
@@ -338,9 +389,10 @@ def test_search_cli_and_export_run(tiny, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_pruning_from_memory_decides_as_optuna_does(tmp_path):
-    from autoloss.search.engine import _PruningView
+    from autoloss.search.optuna_backend import _PruningView
 
-    study = optuna.create_study(storage=storage(tmp_path), direction="minimize",
+    store = storage(tmp_path)
+    study = optuna.create_study(storage=store, direction="minimize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
     rng = random.Random(0)
     for _ in range(6):
@@ -351,7 +403,7 @@ def test_pruning_from_memory_decides_as_optuna_does(tmp_path):
     decisions = Counter()
     for _ in range(8):
         trial = study.ask()
-        view = _PruningView(study, trial)
+        view = _PruningView(study, store, trial)
         for step in range(1, 6):
             value = rng.random()
             trial.report(value, step)
@@ -387,14 +439,14 @@ def test_filter_probes_run_jointly_where_shapes_allow_and_agree_with_separate_ru
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_export_of_a_missing_or_unfinished_trial_says_which(tiny, tmp_path):
     from autoloss.errors import AutolossError
-    from autoloss.search.report import export_best
+    from autoloss.search import Run
 
     search, summary = run_search(tiny, tmp_path, trials=6, validate=False)
     with pytest.raises(AutolossError, match=r"no trial 99; the run has trials 0 to \d+"):
-        export_best(search.folder, trial=99)
+        Run(search.folder).export(trial=99)
     study = optuna.load_study(study_name="search", storage=storage(search.folder))
     unfinished = study.ask()  # a trial left failed, as a crash would leave it
     study.tell(unfinished, state=optuna.trial.TrialState.FAIL)
     failed = unfinished.number
     with pytest.raises(AutolossError, match=f"trial {failed} did not complete"):
-        export_best(search.folder, trial=failed)
+        Run(search.folder).export(trial=failed)

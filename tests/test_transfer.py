@@ -18,7 +18,7 @@ import torch
 
 from autoloss import export, zoo
 from autoloss.proxies import CandidateFailure, proxy
-from autoloss.search import Search, space as spaces
+from autoloss.search import Run, Search, space as spaces
 from autoloss.search.report import write_report
 from autoloss.search.space import SpaceError
 from autoloss.signatures import BOX
@@ -204,11 +204,8 @@ def variant(searched, name, transfer: dict):
 
 
 def trial_loss(folder, number):
-    from autoloss.search.report import _load
-
-    _, space, study = _load(folder)
-    search = Search(space, folder, validate=False)
-    return search.candidate_of(study.get_trials(deepcopy=False)[number]).compiled("reg", "box")
+    run = Run(folder)
+    return run.candidate_of(run.trial(number)).compiled("reg", "box")
 
 
 def boxes():

@@ -19,6 +19,7 @@ from autoloss.search import space as spaces
 from autoloss.search.candidate import Candidate
 from autoloss.search.filters import FilterBank
 from autoloss.search.operators import Grammar, crossover, mutate
+from autoloss.search.optuna_backend import OptunaTrial
 from autoloss.search.strategies import TPESearch
 from autoloss.signatures import BOX, SIGNATURES
 from autoloss.units import AREA, DIMENSIONLESS, LENGTH, POSITION
@@ -264,7 +265,7 @@ def test_tpe_proposes_well_dimensioned_trees(tmp_path):
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
     for _ in range(25):
         trial = study.ask()
-        cand = strategy.propose(trial, [])
+        cand = strategy.propose(OptunaTrial(trial, seed=0), [])
         assert GRAMMARS[0].unit_error(cand.slots["reg"]) is None, cand.formula()
         study.tell(trial, float(E.size(cand.slots["reg"])))
 

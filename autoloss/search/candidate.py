@@ -1,6 +1,7 @@
 """A candidate: one expression per loss slot plus the categorical choices for the proxy."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ class Candidate:
 
     def params(self, slot: str) -> dict[str, float]:
         return {k: p.default for k, p in E.params(self.slots[slot]).items()}
+
+    def scaled(self, slot: str, weight: float) -> "Candidate":
+        """The candidate with ``slot``'s loss multiplied by ``weight``."""
+        slots = dict(self.slots)
+        slots[slot] = E.mul(E.const(weight), slots[slot])
+        return dataclasses.replace(self, slots=slots)
 
     def compiled(self, slot: str, signature: str, mode: str = "search") -> CompiledLoss:
         return compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)

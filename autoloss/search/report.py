@@ -11,32 +11,21 @@ Plots (PNG, next to report.md):
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import torch
+from optuna.trial import TrialState
 
-from .. import catalog, export
+from .. import catalog
 from .. import expr as E
-from ..errors import AutolossError
 from ..proxies.geometry import aligned_iou
 from ..signatures import SIGNATURES
 from .candidate import Candidate
-from .engine import mean_std
-from .runs import read_json
-from .space import parse_space
+from .runs import Run
+from .summary import exported_note, mean_std
 
-
-def _load(folder: Path):
-    import optuna
-
-    from .runs import storage
-
-    config = read_json(folder / "config.json")
-    space = parse_space(config["space"], config["space_name"], config["space_file"])
-    study = optuna.load_study(study_name="search", storage=storage(folder))
-    return config, space, study
+__all__ = ["write_report", "print_summary", "transfer_lines", "compare", "exported_note"]
 
 
 def _plt():
@@ -48,16 +37,11 @@ def _plt():
     return plt
 
 
-def write_report(folder: Path, export: bool = True) -> Path:
-    from optuna.trial import TrialState
-
-    from .engine import Search
-
-    config, space, study = _load(folder)
-    summary = read_json(folder / "summary.json")
-    search = Search(space, folder, strategy=config["options"]["strategy"],
-                    seed=config["options"]["seed"], validate=False)
-    trials = study.get_trials(deepcopy=False)
+def write_report(folder: Path | Run, export: bool = True) -> Path:
+    """report.md and the plots in the run's folder; ``export``: the best loss too."""
+    run = folder if isinstance(folder, Run) else Run(folder)
+    folder, space, summary = run.folder, run.space, run.summary
+    trials = run.trials()
     plt = _plt()
     minimize = space.direction == "minimize"
 
@@ -84,7 +68,7 @@ def write_report(folder: Path, export: bool = True) -> Path:
         ax.legend()
     ax.set_xlabel("trial")
     ax.set_ylabel(space.metric)
-    ax.set_title(f"{space.name}: {config['options']['strategy']}")
+    ax.set_title(f"{space.name}: {run.strategy}")
     fig.tight_layout()
     fig.savefig(folder / "best_so_far.png", dpi=110)
     plt.close(fig)
@@ -127,18 +111,18 @@ def write_report(folder: Path, export: bool = True) -> Path:
     fig.savefig(folder / "pareto.png", dpi=110)
     plt.close(fig)
 
-    best_trial = _best_trial(search, study, summary)
-    best = search.candidate_of(best_trial) if best_trial is not None else None
+    best_trial = run.best_trial()
+    best = run.candidate_of(best_trial) if best_trial is not None else None
     curves = _loss_curves(folder, space, best, summary, plt) if best is not None else None
 
     exported = None
     transfer = summary.get("transfer")
     if export and (best is not None or transfer):
-        exported = export_best(folder)
+        exported = run.export()
 
     lines = [f"# Search report: {folder.name}", "",
              f"- space: `{space.name}` ({space.description})",
-             f"- strategy: {config['options']['strategy']}, seed {config['options']['seed']}, "
+             f"- strategy: {run.strategy}, seed {run.seed}, "
              f"proxy `{space.proxy}` (budget {space.budget}, scale {space.scale}), "
              f"objective {space.metric} ({space.direction})",
              f"- trials: {len(trials)} "
@@ -269,20 +253,6 @@ def transfer_lines(transfer: dict) -> list[str]:
     return lines
 
 
-def exported_note(summary: dict) -> str:
-    """What ``best_loss.py`` holds, in a few words."""
-    transfer = summary.get("transfer")
-    if not transfer:
-        val = summary.get("validation")
-        return "the best validated candidate" if val else "the best evaluated trial"
-    if transfer.get("winner") is not None:
-        return (f"{transfer['winner']['label']}, the best candidate that holds up in "
-                f"{transfer['proxy']}")
-    loss = transfer["export"]["loss"]
-    kind = "zoo loss" if loss in catalog.default().losses else "loss"
-    return f"the baseline's {kind} {loss}: no candidate held up in {transfer['proxy']}"
-
-
 def compare(val: dict, direction: str) -> str:
     """A sentence: does the best validated candidate beat the best zoo loss, by how much."""
     rows = [r for r in val.get("rows", []) if "mean" in r]
@@ -311,21 +281,6 @@ def _pareto(pts, minimize: bool):
                    for c2, v2, _ in pts):
             front.append((c, v, n))
     return front
-
-
-def _best_trial(search, study, summary):
-    """The transfer winner when there is one, else the validated best when there is a
-    validation, else the best evaluated trial."""
-    winner = (summary.get("transfer") or {}).get("winner")
-    if winner is not None:
-        return study.get_trials(deepcopy=False)[winner["trial"]]
-    val = summary.get("validation") or {}
-    rows = [r for r in val.get("rows", []) if "mean" in r and r.get("trial") is not None]
-    if rows:
-        pick = (min if search.space.direction == "minimize" else max)(rows, key=lambda r: r["mean"])
-        return study.get_trials(deepcopy=False)[pick["trial"]]
-    ranked = search.ranked(study)
-    return ranked[0] if ranked else None
 
 
 def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
@@ -377,127 +332,6 @@ def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def export_best(folder: Path, trial: Optional[int] = None, output: Optional[str] = None,
-                name: Optional[str] = None, trainable: bool = False, check: bool = False) -> Path:
-    """Export a run's trial (default: the validated best) as a standalone module."""
-    from optuna.trial import TrialState
-
-    from .engine import Search, scaled
-
-    config, space, study = _load(folder)
-    summary = read_json(folder / "summary.json")
-    search = Search(space, folder, strategy=config["options"]["strategy"],
-                    seed=config["options"]["seed"], validate=False)
-    transfer = summary.get("transfer")
-    if trial is None and transfer and transfer.get("winner") is None:
-        return _export_baseline(folder, space, transfer, output, name, trainable, check)
-    if trial is None:
-        t = _best_trial(search, study, summary)
-        if t is None:
-            raise AutolossError(f"{folder}: no evaluated trial to export")
-    else:
-        trials = study.get_trials(deepcopy=False)
-        if not 0 <= trial < len(trials):
-            raise AutolossError(f"{folder}: no trial {trial}; the run has trials 0 to "
-                                f"{len(trials) - 1}")
-        t = trials[trial]
-        if t.state != TrialState.COMPLETE:
-            raise AutolossError(f"{folder}: trial {trial} did not complete ({t.state.name})")
-    cand = search.candidate_of(t)
-    extra = {"origin": cand.origin, "strategy": config["options"]["strategy"]}
-    if transfer:
-        row = next((r for r in transfer["rows"] if r["trial"] == t.number), None)
-        extra["transfer"] = _transfer_text(transfer, row)
-        if trial is not None and row is not None and row.get("weight") is not None:
-            extra["weight"] = (f"exported as searched, unweighted; the transfer proxy scored "
-                               f"it at weight {row['weight']:g} (--best exports that)")
-        if trial is None and row is not None and row.get("weight") is not None:
-            # the scale it transferred at: the baseline's pull (the search proxy ignores scale)
-            cand = scaled(cand, transfer["settings"]["searched_slot"], row["weight"])
-            extra["weight"] = (f"scaled by {row['weight']:g} to the pull of "
-                               f"{transfer['settings']['baseline'][transfer['settings']['slot']]}"
-                               " near the target, as scored in the transfer proxy")
-    prov = export.Provenance(source="autoloss search", run=folder.name, trial=t.number,
-                             proxy=space.proxy, metric=space.metric, value=t.values[0],
-                             title=f"loss found by autoloss search {space.name}",
-                             formula=cand.formula(), extra=extra)
-    out = _output(folder, output)
-    compiled = {s: cand.compiled(s, sig) for s, sig in search.signatures.items()}
-    if len(compiled) == 1:
-        (slot, loss), = compiled.items()
-        cls = name or "SearchedLoss"
-        export.to_file(loss, out, cls, params=cand.params(slot), trainable_constants=trainable,
-                       provenance=prov)
-        if check:
-            print(export.describe(export.check(out, loss, cand.params(slot))))
-        return out
-    names = {s: (name or "Searched") + s.title().replace("_", "") + "Loss" for s in compiled}
-    weights = {k.split(".", 1)[1]: v for k, v in cand.choices.items() if k.startswith("weights.")}
-    others = {k: v for k, v in cand.choices.items() if not k.startswith("weights.")}
-    out.write_text(export.to_source_joint(compiled, names,
-                                          {s: cand.params(s) for s in compiled},
-                                          weights, others, prov))
-    if check:  # every slot's function against its compiled loss, in one fresh process
-        for report in export.check_many([(out, loss, cand.params(s),
-                                          export.function_name(names[s]))
-                                         for s, loss in compiled.items()]):
-            print(export.describe(report))
-    return out
-
-
-def _output(folder: Path, output: Optional[str]) -> Path:
-    out = Path(output) if output else folder / "best_loss.py"
-    if not out.is_absolute() and output:
-        out = Path.cwd() / out
-    return out
-
-
-def _transfer_text(transfer: dict, row: Optional[dict]) -> str:
-    """A trial's standing in the transfer proxy, for the exported module's provenance."""
-    base = transfer["baseline"]
-    if row is None:
-        return f"not scored in {transfer['proxy']} (not among the top validated candidates)"
-    if "failed" in row:
-        return f"failed in {transfer['proxy']}: {row['failed']}"
-    against = f"vs {base['label']} {mean_std(base)}" if "mean" in base else ""
-    word = "holds up" if row.get("holds") else "does not hold up"
-    return f"{word} in {transfer['proxy']}: {transfer['metric']} {mean_std(row)} {against}".strip()
-
-
-def _export_baseline(folder: Path, space, transfer: dict, output, name, trainable,
-                     check) -> Path:
-    """No candidate held up in the transfer proxy: export the baseline's loss for the
-    searched slot (a zoo loss or an expression), saying so in the module's docstring."""
-    from ..evaluate import resolve_loss
-
-    st = transfer["settings"]
-    slot, loss_text = st["searched_slot"], transfer["export"]["loss"]
-    signature = space.slots[slot].signature
-    compiled = resolve_loss(loss_text, (signature,), slot)
-    is_zoo = loss_text in catalog.default().losses
-    base = transfer["baseline"]
-    standing = (f"{transfer['metric']} {mean_std(base)} over seeds "
-                f"{', '.join(map(str, transfer['seeds']))}" if "mean" in base
-                else f"failed: {base.get('failed')}")
-    why = (f"exported in place of the searched candidates: none held up in "
-           f"{transfer['proxy']} against the baseline {base['label']} ({standing})")
-    prov = export.zoo_provenance(loss_text) if is_zoo else export.Provenance(formula=loss_text)
-    prov = dataclasses.replace(
-        prov, title=(f"{prov.title} (zoo id {loss_text}), " if is_zoo else "")
-        + f"the transfer baseline's loss, {why}",
-        source=f"autoloss search {space.name}: the baseline's "
-               + (f"zoo loss {loss_text!r}" if is_zoo else "loss") + ", not a searched candidate",
-        run=folder.name, proxy=transfer["proxy"], metric=transfer["metric"],
-        value=base.get("mean"),
-        notes=(f"Transfer verdict: {transfer['verdict']}. " + (prov.notes or "")).strip())
-    out = _output(folder, output)
-    export.to_file(compiled, out, name or "SearchedLoss", trainable_constants=trainable,
-                   provenance=prov)
-    if check:
-        print(export.describe(export.check(out, compiled, {})))
-    return out
 
 
 def print_summary(summary: dict, console) -> None:

@@ -54,6 +54,7 @@ Every problem is reported with the file, the table and the field.
 """
 from __future__ import annotations
 
+import copy
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,17 @@ class Space:
     @property
     def directions(self) -> list[str]:
         return [self.direction, "minimize"] if self.complexity else [self.direction]
+
+    def options_with(self, choices: dict[str, Any]) -> dict[str, Any]:
+        """The proxy's options with a candidate's choices merged in (``weights.cls`` nests)."""
+        options = copy.deepcopy(self.proxy_options)
+        for key, value in choices.items():
+            head, _, tail = key.partition(".")
+            if tail:
+                options.setdefault(head, {})[tail] = value
+            else:
+                options[key] = value
+        return options
 
 
 def default_dir() -> Path:

@@ -1,8 +1,9 @@
 """Search strategies: how the next candidate is chosen from the history of the study.
 
-Every strategy records its trials through Optuna's ask/tell, and derives its state from
-the study's storage only (plus a random generator seeded by (seed, trial number)), so a
-resumed run continues exactly as an uninterrupted one would.
+A strategy works on a backend-neutral trial handle (:mod:`autoloss.search.handle`: the
+trial's number, its random generator seeded by (seed, trial number), suggestions and user
+attributes), so any backend can drive it; it derives its state from the history of finished
+trials only, so a resumed run continues exactly as an uninterrupted one would.
 
 * ``random``: grammar-constrained random trees, random parameters and choices;
 * ``tpe``: define-by-run over the tree (each node's token is a categorical suggested by
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional, Sequence
 
-import optuna
-
 from .. import catalog
 from ..expr import Call, Const, Expr, Param, Var
 from ..units import DIMENSIONLESS, Dim
 from .candidate import Candidate
+from .handle import TrialHandle
 from .operators import Grammar, crossover, mutate, perturb_constants
 from .space import Space
 
@@ -44,7 +44,8 @@ class Entry:
 
 class Strategy:
     """Proposes the candidate of a trial; call order: ``propose(trial, history)`` once per
-    trial, history being the finished (complete or reused) trials in trial order."""
+    trial, ``trial`` a :class:`~autoloss.search.handle.TrialHandle` and history the finished
+    (complete or reused) trials in trial order."""
 
     name = "base"
 
@@ -53,10 +54,7 @@ class Strategy:
         self.seed = seed
         self.grammars = {s: Grammar.of(slot) for s, slot in space.slots.items()}
 
-    def rng(self, trial: optuna.Trial) -> random.Random:
-        return random.Random(f"{self.seed}:{trial.number}")
-
-    def propose(self, trial: optuna.Trial, history: Sequence[Entry]) -> Candidate:
+    def propose(self, trial: TrialHandle, history: Sequence[Entry]) -> Candidate:
         raise NotImplementedError
 
     # -- shared pieces ---------------------------------------------------------------------
@@ -76,21 +74,8 @@ class Strategy:
     def random_choices(self, rng: random.Random) -> dict[str, Any]:
         return {k: rng.choice(list(v)) for k, v in self.space.choices.items()}
 
-    def seed_candidate(self, index: int, rng: random.Random) -> Optional[Candidate]:
-        """The index-th combination of zoo seeds (None when they are used up)."""
-        lists = {s: self.seed_expressions(s) for s in self.space.slots}
-        if any(not v for v in lists.values()):
-            return None
-        longest = max(len(v) for v in lists.values())
-        if index >= longest:
-            return None
-        slots, names = {}, []
-        for s, seeds in lists.items():
-            name, e = seeds[index % len(seeds)]
-            slots[s] = e
-            names.append(name)
-        choices = {k: v[0] for k, v in self.space.choices.items()}
-        return Candidate(slots, choices, "seed:" + "+".join(names))
+    def seed_candidate(self, index: int) -> Optional[Candidate]:
+        return zoo_seed(self.space, index)
 
     def child(self, rng: random.Random, a: Entry, b: Optional[Entry]) -> Candidate:
         slots = {}
@@ -117,6 +102,24 @@ class Strategy:
 
     def better(self, x: float, y: float) -> bool:
         return x < y if self.space.direction == "minimize" else x > y
+
+
+def zoo_seed(space: Space, index: int) -> Optional[Candidate]:
+    """The index-th combination of the space's zoo seeds (None when they are used up)."""
+    lists = {s: [(n, catalog.get(n).expression) for n in slot.seeds]
+             for s, slot in space.slots.items()}
+    if any(not v for v in lists.values()):
+        return None
+    longest = max(len(v) for v in lists.values())
+    if index >= longest:
+        return None
+    slots, names = {}, []
+    for s, seeds in lists.items():
+        name, e = seeds[index % len(seeds)]
+        slots[s] = e
+        names.append(name)
+    choices = {k: v[0] for k, v in space.choices.items()}
+    return Candidate(slots, choices, "seed:" + "+".join(names))
 
 
 def _token(leaf: Expr) -> str:
@@ -153,7 +156,7 @@ class RandomSearch(Strategy):
     name = "random"
 
     def propose(self, trial, history):
-        return self.random_candidate(self.rng(trial))
+        return self.random_candidate(trial.rng)
 
 
 # -------------------------------------------------------------------------------- tpe
@@ -233,7 +236,7 @@ class Evolution(Strategy):
         most random trees are rejected, so waiting for a full population of them would
         keep the search random for a long time)."""
         if self.from_zoo:
-            seeded = self.seed_candidate(trial.number, rng)
+            seeded = self.seed_candidate(trial.number)
             if seeded is not None:
                 return seeded
             return None if history else self.random_candidate(rng, "random")
@@ -242,7 +245,7 @@ class Evolution(Strategy):
         return self.random_candidate(rng, "random")
 
     def propose(self, trial, history):
-        rng = self.rng(trial)
+        rng = trial.rng
         first = self.initial(trial, history, rng)
         if first is not None:
             return first
@@ -268,7 +271,7 @@ class NSGA2(Evolution):
     name = "nsga2"
 
     def propose(self, trial, history):
-        rng = self.rng(trial)
+        rng = trial.rng
         first = self.initial(trial, history, rng)
         if first is not None:
             return first
