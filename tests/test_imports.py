@@ -172,3 +172,21 @@ def test_importing_a_reader_loads_no_engine(module):
                          cwd=ROOT.parent, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_importing_autoloss_changes_no_global_state():
+    """No logging levels, sys.path entries or torch thread counts set by an import."""
+    modules = sorted(".".join(p.relative_to(ROOT.parent).with_suffix("").parts)
+                     for p in ROOT.rglob("*.py") if p.name != "__main__.py")
+    modules = [m.removesuffix(".__init__") for m in modules]
+    code = ("import sys, importlib, logging, optuna, torch\n"
+            "torch.set_num_threads(1)\n"
+            "state = lambda: (optuna.logging.get_verbosity(), list(sys.path), "
+            "torch.get_num_threads(), logging.getLogger().level)\n"
+            "before = state()\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(before == state(), before, state())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT.parent, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True"), out.stdout

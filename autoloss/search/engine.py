@@ -18,9 +18,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 
+from ..evaluate import torch_threads
 from . import runs
+from .optuna_backend import quiet
 from .loop import TrialLoop
 from .runs import Run
 from .space import Space, load
@@ -88,9 +89,7 @@ class Search:
 
     def run(self) -> dict:
         """Trials, summary, validation, transfer; returns the summary as written."""
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        with runs.Lock(self.folder):
+        with torch_threads(self.threads or None), quiet(), runs.Lock(self.folder):
             on_trial = (lambda frozen: self.on_trial(self, frozen)) if self.on_trial else None
             self.loop.run(on_trial)
             run = Run(self.folder, self.space)

@@ -25,7 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .handle import TrialHandle
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Optuna's INFO lines ("A new study created", "Trial 3 finished") off for the block:
+    the search prints its own progress; the user's logging setup is restored after."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 STUDY = "search"  # the study's name in every run's storage
 
@@ -104,9 +115,10 @@ class OptunaStudy:
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=5) if len(directions) == 1
                   else optuna.pruners.NopPruner())
         self.storage = storage(folder)
-        self.study = optuna.create_study(study_name=STUDY, storage=self.storage,
-                                         directions=list(directions), sampler=sampler,
-                                         pruner=pruner, load_if_exists=True)
+        with quiet():
+            self.study = optuna.create_study(study_name=STUDY, storage=self.storage,
+                                             directions=list(directions), sampler=sampler,
+                                             pruner=pruner, load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(STUDY)
         self._heartbeat: Optional[_Heartbeat] = None
 
