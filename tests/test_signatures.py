@@ -1,0 +1,20 @@
+"""Every signature against the signature contract (``autoloss.signatures.testing``)."""
+from __future__ import annotations
+
+import pytest
+
+from autoloss.signatures import SIGNATURES
+from autoloss.signatures.testing import SignatureContract
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+
+
+@pytest.fixture(params=sorted(SIGNATURES))
+def signature_name(request):
+    return request.param
+
+
+class TestEverySignature(SignatureContract):
+    @pytest.fixture(autouse=True)
+    def _name(self, signature_name):
+        self.name = signature_name
