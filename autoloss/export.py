@@ -254,7 +254,8 @@ from torch import Tensor
 
 
 _PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_columns", "_NEEDS", "_MASK",
-            "_CHUNK", "_reduce", "_run_chunks", "_Fused", "_fusable")
+            "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_POOLS", "_pool", "_Fused",
+            "_fusable")
 
 
 def _private(body: str, prefix: str) -> str:

@@ -57,12 +57,34 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
     None where identically zero. ``grads`` holds a destination per column (any view,
     e.g. a column of an (N, 4) buffer), None where the gradient is not wanted; pass no
     ``grads`` for the value only.
+
+    With several torch threads each thread takes one contiguous share of the rows, in
+    chunks of half the size: below torch's own grain (32768 elements), so torch does not
+    split the small ops again and every thread streams through its share in cache. The
+    elementwise ops release the GIL, so the threads run side by side.
     """
     ref = cols[0]
     rows = ref.shape[0] if ref.dim() > 0 else 1
-    step = max(1, CHUNK // max(1, ref.numel() // max(rows, 1)))
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
+    width = max(1, ref.numel() // max(rows, 1))
+    threads = torch.get_num_threads()
+    if threads < 2 or ref.device.type != "cpu" or rows < 2 * threads:
+        run_rows(fn, cols, params, value, grads, 0, rows, max(1, CHUNK // width))
+        return
+    step = max(1, CHUNK // 2 // width)
+    bounds = [rows * k // threads for k in range(threads + 1)]
+    grad_mode = torch.is_grad_enabled()
+
+    def share(k: int) -> None:
+        with torch.set_grad_enabled(grad_mode):  # a new thread starts with autograd on
+            run_rows(fn, cols, params, value, grads, bounds[k], bounds[k + 1], step)
+
+    list(pool(threads).map(share, range(threads)))  # waits; re-raises a worker's error
+
+
+def run_rows(fn, cols: List[Tensor], params, value: Tensor, grads, begin: int, end: int,
+              step: int) -> None:
+    for start in range(begin, end, step):
+        stop = min(end, start + step)
         out = fn(*[c[start:stop].contiguous() for c in cols], *params)
         if not grads:
             value[start:stop] = out
@@ -77,10 +99,22 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
                 dest[start:stop].copy_(g)
 
 
+POOLS = {}
+
+
+def pool(threads: int):
+    """One pool of worker threads per thread count, made on first use."""
+    if threads not in POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="loss-chunks")
+    return POOLS[threads]
+
+
 def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
     text = text.split("\n", 1)[1].split("\ndef source(", 1)[0].rstrip() + "\n"
-    for name in ("CHUNK", "reduce", "run_chunks"):
+    for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "POOLS", "pool"):
         text = re.sub(rf"\b{name}\b", prefix + name, text)
     return text

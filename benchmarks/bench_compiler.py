@@ -6,6 +6,7 @@ is faster.
 
     python benchmarks/bench_compiler.py            # 1e5 and 1e6 inputs, 1 thread
     python benchmarks/bench_compiler.py --quick    # smaller, for a smoke run
+    python benchmarks/bench_compiler.py --scaling  # 1 and 2 threads, 1e4 ... 4e6 rows
 
 The hand-written baselines are the torchvision/mmdetection-style implementations in
 tests/reference.py (plain eager torch with autograd).
@@ -82,6 +83,37 @@ def losses(sizes, repeats):
     print(f"worst ratio {worst:.3f}, geometric mean "
           f"{statistics.geometric_mean([c / e for _, _, e, c in rows]):.3f}\n")
     return rows
+
+
+def scaling(rows=(10_000, 100_000, 250_000, 1_000_000, 4_000_000), threads=(1, 2)):
+    """Compiled / eager at each thread count: the chunked runtime must scale as torch does."""
+    print("forward+backward, float32: compiled / eager at each torch thread count "
+          "(focal: N x 4 logits; giou, ciou: N box pairs)")
+    print(f"{'loss':6s} {'N rows':>9s}" + "".join(f" {f'eager ms {t}t':>12s} {f'ratio {t}t':>9s}"
+                                            for t in threads))
+    g = torch.Generator().manual_seed(0)
+    before = torch.get_num_threads()
+    out = []
+    for n in rows:
+        logits = SIGMOID.sample(n, g, dtype=torch.float32, classes=4)
+        boxes = BOX.sample(n, g, dtype=torch.float32)
+        for name, inputs in (("focal", logits), ("giou", boxes), ("ciou", boxes)):
+            line = f"{name:6s} {n:9d}"
+            for t in threads:
+                torch.set_num_threads(t)
+                eager, compiled = paired([fwd_bwd(getattr(reference, name), inputs),
+                                          fwd_bwd(zoo.build(name), inputs)],
+                                         max(5, per_size(n * inputs[0].shape[1]) // 4))
+                out.append((name, n, t, compiled / eager))
+                line += f" {eager * 1e3:12.2f} {compiled / eager:9.3f}"
+            print(line, flush=True)
+    torch.set_num_threads(before)
+    for t in threads:
+        for name in ("focal", "giou", "ciou"):
+            worst = max(r for m, _, k, r in out if m == name and k == t)
+            print(f"{t} thread(s) {name}: worst ratio {worst:.3f}")
+    print()
+    return out
 
 
 def inductor(sizes, repeats):
@@ -193,10 +225,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scaling", action="store_true",
+                        help="only the thread-scaling table (1 and 2 threads, 1e4 ... 4e6 rows)")
     parser.add_argument("--inductor", action="store_true",
                         help="also time backend='inductor' (needs a C++ compiler; slow first compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scaling:
+        print(f"torch {torch.__version__}\n")
+        scaling()
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     if args.quick:
         quick = lambda n: 3  # noqa: E731

@@ -121,7 +121,9 @@ def test_search_mode_guards_instead_of_nan():
     assert torch.isfinite(g).all()
 
 
-def test_chunked_evaluation_equals_whole_batch(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_evaluation_equals_whole_batch(monkeypatch, threads):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the runtime's split
     pred, target = sample("box", 1000, 1)
     pred = pred.clone().requires_grad_(True)
     full = zoo.build("ciou")(pred, target)
