@@ -140,7 +140,15 @@ class Catalog:
 
 # ------------------------------------------------------------------------------- loading
 def default_dir() -> Path:
-    """Where the catalog lives: ``primitives/`` (shipped as the ``autoloss.primitives`` package)."""
+    """Where the catalog lives: ``primitives/`` (shipped as the ``autoloss.primitives`` package).
+
+    In a source checkout the ``primitives/`` next to the imported ``autoloss`` wins: an
+    editable install maps ``autoloss.primitives`` to the checkout it was made from, which
+    is not the one imported from another worktree.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "primitives"
+    if (checkout / "__init__.py").is_file() and any(checkout.glob("*.toml")):
+        return checkout
     from . import primitives  # the data package (primitives/ in the repository)
 
     return Path(primitives.__file__).parent
