@@ -16,7 +16,7 @@ import torch
 from . import catalog
 from .catalog import LossSpec
 from .compiler import CompiledLoss, compile_loss
-from .errors import UnknownNameError, did_you_mean
+from .errors import UnknownNameError, did_you_mean, require_kind
 from .signatures import get as get_signature
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -35,7 +35,9 @@ def get(loss_id: str) -> LossSpec:
 def compiled(loss_id: str) -> CompiledLoss:
     """The compiled loss behind ``build(loss_id)`` (source, gradient functions, hash)."""
     spec = get(loss_id)
-    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title)
+    require_kind(spec.kind, f"the zoo ({loss_id!r} is kind S)")
+    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title,
+                        kind=spec.kind)
 
 
 class ZooLoss(torch.nn.Module):
