@@ -59,6 +59,11 @@ class ZooLoss(torch.nn.Module):
         return self.loss(*inputs, reduction=self.reduction, weight=weight,
                          avg_factor=avg_factor, **self.params)
 
+    def reset(self) -> None:
+        """Forget the loss's running state. State (running means: GHM's momentum, WIoU v3's
+        mean IoU loss) lives on the module, never on the shared compiled loss; the losses
+        in the catalog today keep none, so this does nothing yet."""
+
     def extra_repr(self) -> str:
         values = dict(self.loss.defaults)
         values.update(self.params)
