@@ -149,6 +149,11 @@ def split_batch(graph: Expr, taken) -> tuple[Expr, tuple[tuple[str, Expr], ...]]
     found = batch_nodes(graph)
     if not found:
         return graph, ()
+    for node in found:
+        problem = ops.REGISTRY[node.op].validate
+        problem = problem(*node.args) if problem is not None else None
+        if problem:
+            raise ExpressionError(f"{node.op}(): {problem}")
     taken = set(taken)
     names: dict[Expr, str] = {}
     i = 0

@@ -438,6 +438,15 @@ def _emit_where(em, node):
     return f"torch.where({cond}, {em.full(a)}, {em.src(b)})"
 
 
+def _numbers_after_first(*args):
+    """A batch op takes a tensor, then numbers (constants or parameters, no terminal)."""
+    E = _e()
+    for i, a in enumerate(args[1:], 2):
+        if E.variables(a):
+            return f"argument {i} must be a number (a constant or a parameter), not a tensor"
+    return None
+
+
 # ------------------------------------------------------------------------------ sympy
 def _sym_cmp(rel):
     return lambda s, a, b: s.Piecewise((s.Integer(1), rel(a, b)), (s.Integer(0), True))
@@ -558,7 +567,8 @@ _register(Op("ghm_density", 2, "_ghm_density({0}, {1})",
              "GHM gradient-density weight of g in [0, 1] over the whole batch, bins equal "
              "bins: total / (count in g's bin * non-empty bins) (mmdet GHMC, momentum 0); "
              "no gradient",
-             math="1.0", sample=((0.0, 1.0), (10.0, 10.0)), units="pure", batch=True))
+             math="1.0", sample=((0.0, 1.0), (10.0, 10.0)), units="pure", batch=True,
+             validate=_numbers_after_first))
 _register(Op("batch_mean", 1, "_batch_mean({0})", lambda s, a: s.batch_mean(a), None,
              "mean of a over the whole batch, at every element; no gradient",
              math="{0}", sample=(_ANY,), units="keep", batch=True))

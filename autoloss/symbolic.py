@@ -116,12 +116,25 @@ class _BatchTerm(sympy.Function):
         return s if exp is None else r"%s^{%s}" % (s, exp)
 
 
+def _ghm_density_numpy(g, bins):
+    import torch
+
+    from .runtime import _ghm_density
+
+    g = _np().asarray(g, dtype=float)
+    return _ghm_density(torch.as_tensor(g), float(bins)).numpy()
+
+
 class ghm_density(_BatchTerm):  # noqa: N801
     nargs = 2
+    #: lambdify evaluates over whole arrays: the array is the batch
+    numpy = staticmethod(_ghm_density_numpy)
 
 
 class batch_mean(_BatchTerm):  # noqa: N801
     nargs = 1
+    numpy = staticmethod(lambda x: _np().zeros_like(_np().asarray(x, dtype=float))
+                         + _np().mean(x))
 
 
 _CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, ghm_density, batch_mean)
