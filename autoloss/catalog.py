@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from . import codegen
+from . import codegen, ops
 from . import expr as E
 from .errors import CatalogError, ExpressionError, UnknownNameError, did_you_mean
 from .expr import Expr, Param
@@ -50,7 +50,8 @@ PROPERTIES = {
     "symmetric": "L(a, b) = L(b, a): prediction and target are interchangeable",
     "scale_invariant": "L(s a, s b) = L(a, b) for s > 0",
 }
-KINDS = {"E": "elementwise", "B": "batch-level state", "S": "set-level"}
+KINDS = {"E": "elementwise", "B": "batch-level terms, computed once over the batch",
+         "S": "set-level, hand-written backward"}
 _ENTRY_FIELDS = {
     "title": True, "paper": True, "section": True, "signature": True, "expression": True,
     "params": False, "let": False, "properties": False, "reference": False, "notes": False,
@@ -140,7 +141,15 @@ class Catalog:
 
 # ------------------------------------------------------------------------------- loading
 def default_dir() -> Path:
-    """Where the catalog lives: ``primitives/`` (shipped as the ``autoloss.primitives`` package)."""
+    """Where the catalog lives: ``primitives/`` (shipped as the ``autoloss.primitives`` package).
+
+    In a source checkout the ``primitives/`` next to the imported ``autoloss`` wins: an
+    editable install maps ``autoloss.primitives`` to the checkout it was made from, which
+    is not the one imported from another worktree.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "primitives"
+    if (checkout / "__init__.py").is_file() and any(checkout.glob("*.toml")):
+        return checkout
     from . import primitives  # the data package (primitives/ in the repository)
 
     return Path(primitives.__file__).parent
@@ -311,6 +320,13 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     for pname in own:
         if pname not in used:
             fail("params", f"parameter {pname!r} is declared but the expression does not use it")
+    batch = sorted({n.op for n in E.postorder(expression)
+                    if type(n) is E.Call and ops.get(n.op).batch})
+    if kind == "E" and batch:
+        fail("kind", f"the expression uses batch-level op(s) {batch}: declare kind = \"B\"")
+    if kind == "B" and not batch:
+        fail("kind", "kind \"B\" needs a batch-level op in the expression (one of "
+                     f"{ops.batch_ops()}); an elementwise loss is kind \"E\"")
     not_invariant = body.get("not_invariant", "")
     if signature.has_units and not not_invariant:
         problem = signature.unit_error(expression, param_units)

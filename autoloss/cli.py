@@ -72,8 +72,9 @@ def zoo_table(args) -> int:
 
 def markdown_table() -> str:
     cat = catalog.default()
-    lines = ["| id | section | signature | loss | paper | defaults | scale/shift invariant |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| id | section | kind | signature | loss | paper | defaults | "
+             "scale/shift invariant |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for sec in cat.sections:
         for sub in sec.subsections:
             for spec in sorted((s for s in cat.losses.values() if s.section == sub.id),
@@ -81,7 +82,8 @@ def markdown_table() -> str:
                 defaults = ", ".join(f"{k}={v:g}" for k, v in spec.defaults.items()
                                      if k != "eps")
                 paper = spec.paper.replace("|", "/")
-                lines.append(f"| `{spec.id}` | {sub.id} | `{spec.signature}` | {spec.title} | "
+                lines.append(f"| `{spec.id}` | {sub.id} | {spec.kind} | `{spec.signature}` | "
+                             f"{spec.title} | "
                              f"{paper} | {defaults} | {_invariance(spec)} |")
     return "\n".join(lines)
 
@@ -97,7 +99,7 @@ def zoo_show(args) -> int:
     from . import zoo
     from .signatures import get as get_signature
     spec = catalog.get(args.id)
-    compiled = zoo.compiled(spec.id)
+    compiled = zoo.compiled(spec.id)  # a set-level (S) entry is refused with the reason
     cat = catalog.default()
     sec, sub = cat.section_of(spec)
     sig = get_signature(spec.signature)
@@ -107,6 +109,7 @@ def zoo_show(args) -> int:
     con.print(f"section:    {sub.id} {escape(sub.title)} ({sec.id}. {escape(sec.title)})")
     inputs = ", ".join(f"{i.name} {i.shape}" for i in sig.inputs)
     con.print(f"signature:  {sig.name}: ({inputs}) -> {sig.output}")
+    con.print(f"kind:       {spec.kind} ({catalog.KINDS[spec.kind]})")
     con.print(f"properties: {', '.join(spec.properties) or '-'}")
     if spec.invariant is not None:
         con.print(f"invariant:  {escape(_invariance(spec))} (to scaling and shifting the image)")

@@ -34,7 +34,8 @@ from torch.autograd.function import once_differentiable
 
 from . import autodiff, canon, codegen, ops, runtime
 from . import expr as E
-from .errors import ExpressionError, SignatureError, UnknownNameError, did_you_mean
+from .errors import (ExpressionError, SignatureError, UnknownNameError, did_you_mean,
+                     require_kind)
 from .expr import Call, Const, Expr, Param, Var
 from .signatures import Signature
 from .signatures import get as get_signature
@@ -44,7 +45,7 @@ Backend = Literal["eager", "inductor"]
 Reduction = Literal["none", "mean", "sum"]
 
 _NAMESPACE = {"torch": torch, "math": math, "Tensor": torch.Tensor, "Optional": Optional,
-              "Tuple": tuple, "List": list}
+              "Tuple": tuple, "List": list, **runtime.BATCH}
 _COUNTER = itertools.count()
 
 
@@ -130,6 +131,45 @@ class Pipeline:
         return self.link(self.body(expression))
 
 
+def batch_nodes(root: Expr) -> list[Expr]:
+    """The batch-level nodes (``ops.Op.batch``) of a DAG, arguments before their users."""
+    return [n for n in E.postorder(root)
+            if type(n) is Call and ops.REGISTRY[n.op].batch]
+
+
+def split_batch(graph: Expr, taken) -> tuple[Expr, tuple[tuple[str, Expr], ...]]:
+    """Split a DAG over columns into its batch-level terms and the elementwise rest.
+
+    Each batch-level node becomes a new column ``batch0``, ``batch1``, ... (a name not in
+    ``taken``) of the returned graph; the terms come back as (column name, node over the
+    original columns), to be evaluated once over the whole batch, without gradient, before
+    the (chunked) elementwise part. No gradient flows through a batch op (its ``grad`` is
+    None), so the closed-form gradient of the rest is unchanged by the split.
+    """
+    found = batch_nodes(graph)
+    if not found:
+        return graph, ()
+    for node in found:
+        problem = ops.REGISTRY[node.op].validate
+        problem = problem(*node.args) if problem is not None else None
+        if problem:
+            raise ExpressionError(f"{node.op}(): {problem}")
+    taken = set(taken)
+    names: dict[Expr, str] = {}
+    i = 0
+    for node in found:
+        while f"batch{i}" in taken:
+            i += 1
+        names[node] = f"batch{i}"
+        i += 1
+    mapping = {node: Var(name) for node, name in names.items()}
+
+    def fn(node: Expr, ch) -> Expr:
+        return mapping[node] if node in mapping else node.rebuild(ch)
+
+    return E.transform(graph, fn), tuple((name, node) for node, name in names.items())
+
+
 def prepare(expression: Expr, signature: Signature, mode: Mode = "exact") -> Expr:
     """Canonical, stable, (guarded,) lowered form of ``expression`` over terminals."""
     return Pipeline(signature, mode).body(expression)
@@ -171,7 +211,9 @@ class CompiledLoss:
     """
 
     def __init__(self, expression: Expr, signature: Signature | str, *, name: str = "loss",
-                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager"):
+                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager",
+                 kind: str = "E"):
+        require_kind(kind, "the compiler")
         signature = get_signature(signature) if isinstance(signature, str) else signature
         codegen.check_identifier(name, "loss name")
         check_names(expression, signature, where=f"loss {name!r}")
@@ -190,8 +232,14 @@ class CompiledLoss:
         self.hash = canon.canonical_hash(expression, salt=f"{signature.name}:{mode}")
         pipeline = Pipeline(signature, mode)
         self.body = pipeline.body(expression)
-        self.graph = pipeline.link(self.body)
+        #: the elementwise part over the columns and the batch columns (``batch_terms``)
+        self.graph, self.batch_terms = split_batch(
+            pipeline.link(self.body), set(signature.names) | set(params))
+        #: the generated functions' tensor inputs: the signature's columns, then one column
+        #: per batch-level term (computed by :meth:`batch_columns`, no gradient)
+        self.columns = tuple(signature.columns) + tuple(n for n, _ in self.batch_terms)
         self.names = pipeline.names
+        self._prepass = None
         self._functions: dict[tuple, object] = {}
         self._gradients: dict[tuple, list] = {}
         self._sources: dict[tuple, str] = {}
@@ -233,7 +281,7 @@ class CompiledLoss:
                 fname = self.name
                 doc = f"{self.name}: {self.doc or E.to_infix(self.expression)}"
             self._sources[key] = codegen.function(
-                fname, sig.columns, self.defaults, outputs, self.names,
+                fname, self.columns, self.defaults, outputs, self.names,
                 doc=doc.replace('"""', "'''").replace("\\", "\\\\"), inplace=any(key))
         return self._sources[key]
 
@@ -250,6 +298,29 @@ class CompiledLoss:
                     self._functions[key] = fn
         return fn
 
+    @property
+    def prepass_source(self) -> str:
+        """Source of the batch pre-pass (empty for an elementwise loss): the batch-level
+        terms over the whole batch, one output per batch column."""
+        if not self.batch_terms:
+            return ""
+        return codegen.function(f"{self.name}_batch", self.signature.columns, self.defaults,
+                                list(self.batch_terms), self.names,
+                                doc=f"{self.name}: the batch-level terms, over the whole batch.")
+
+    def batch_columns(self, columns: Sequence[torch.Tensor], values: tuple) -> list:
+        """The batch-level terms over the whole batch (no gradient): the extra columns."""
+        if not self.batch_terms:
+            return []
+        if self._prepass is None:
+            with self._lock:
+                if self._prepass is None:
+                    self._prepass = self._exec(self.prepass_source, None,
+                                               f"{self.name}_batch")
+        with torch.no_grad():
+            out = self._prepass(*(c.detach() for c in columns), *values)
+        return list(out) if isinstance(out, tuple) else [out]
+
     def run(self, prep, needs: Sequence[bool], values: tuple):
         """Evaluate on prepared columns; returns (value, gradient buffers).
 
@@ -259,7 +330,7 @@ class CompiledLoss:
         into one loop and needs no chunking.
         """
         fn = self.function(needs)
-        cols = prep.columns
+        cols = list(prep.columns) + self.batch_columns(prep.columns, values)
         ref = cols[0]
         grad = any(needs)
         if ref.numel() <= 2 * runtime.CHUNK or self.backend == "inductor":
@@ -298,19 +369,21 @@ class CompiledLoss:
                 buffers[b] = torch.stack([g if g is not None else zero for g in parts], 1)
         return buffers
 
-    def _exec(self, source: str, key) -> object:
+    def _exec(self, source: str, key, fname: Optional[str] = None) -> object:
         filename = f"<autoloss {self.name} {self.hash} #{next(_COUNTER)}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         namespace = dict(_NAMESPACE, __name__=f"autoloss.generated.{self.name}")
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - generated, validated
-        fname = self.name + ("_vjp" if any(key) else "")
+        fname = fname or self.name + ("_vjp" if any(key) else "")
         return namespace[fname]
 
     @property
     def source(self) -> str:
         """The generated value function and the fused value-and-gradient function."""
         first = tuple(i == 0 for i in self.signature.column_input)
-        return self.source_for([False] * len(first)) + "\n\n" + self.source_for(first)
+        pre = self.prepass_source
+        return ((pre + "\n\n" if pre else "") + self.source_for([False] * len(first))
+                + "\n\n" + self.source_for(first))
 
     # -- calling ---------------------------------------------------------------------------
     def values(self, params: Mapping[str, float]) -> tuple[float, ...]:
@@ -349,7 +422,8 @@ class CompiledLoss:
         values = self.values(params)
         inputs = self.signature.check(inputs, self.name)
         prep = self.signature.prepare(self.name, *inputs)
-        loss = self.function([False] * len(prep.columns))(*prep.columns, *values)
+        cols = list(prep.columns) + self.batch_columns(prep.columns, values)
+        loss = self.function([False] * len(prep.columns))(*cols, *values)
         return reduce(loss, reduction)
 
     def __repr__(self) -> str:
@@ -412,8 +486,14 @@ _CACHE_LOCK = threading.Lock()
 
 
 def compile_loss(expression: Expr, signature: Signature | str, *, name: str = "loss",
-                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager") -> CompiledLoss:
-    """Compile (or fetch from the cache keyed by canonical hash) a loss expression."""
+                 mode: Mode = "exact", doc: str = "", backend: Backend = "eager",
+                 kind: str = "E") -> CompiledLoss:
+    """Compile (or fetch from the cache keyed by canonical hash) a loss expression.
+
+    ``kind`` is the catalog's: elementwise (E) and batch-level (B) losses compile (batch
+    ops are found in the expression either way); set-level (S) ones are refused.
+    """
+    require_kind(kind, "the compiler")
     signature = get_signature(signature) if isinstance(signature, str) else signature
     key = (canon.canonical_hash(expression, salt=f"{signature.name}:{mode}"), name, backend)
     with _CACHE_LOCK:

@@ -21,6 +21,19 @@ class SignatureError(AutolossError, ValueError):
     """Inputs that do not match a loss signature (wrong shape, dtype, device)."""
 
 
+class UnsupportedKindError(AutolossError, ValueError):
+    """A loss of a kind (set-level, S) that a part of autoloss cannot handle yet."""
+
+
+def require_kind(kind: str, by: str) -> None:
+    """Refuse set-level (S) losses: they need a hand-written backward over the whole set."""
+    if kind == "S":
+        raise UnsupportedKindError(
+            f"set-level losses need a hand-written backward; not supported yet by {by}")
+    if kind not in ("E", "B"):
+        raise UnsupportedKindError(f"{by}: kind must be 'E', 'B' or 'S', got {kind!r}")
+
+
 class UnknownNameError(AutolossError, KeyError):
     """An unknown zoo id, primitive, terminal or parameter."""
 

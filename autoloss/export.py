@@ -39,7 +39,7 @@ import torch
 from . import __version__, codegen, runtime, units
 from . import expr as E
 from .compiler import CompiledLoss
-from .errors import AutolossError, ExpressionError
+from .errors import AutolossError, ExpressionError, require_kind
 
 _CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 
@@ -92,7 +92,7 @@ class _Fused(torch.autograd.Function):
             value = torch.empty(cols[0].shape, dtype=cols[0].dtype, device=cols[0].device)
             grads = [None if g is None else torch.empty_like(cols[k]) for k, g in enumerate(_NEEDS)]
             _run_chunks(_value_and_grad, list(cols), params, value, grads)
-        ctx.grads = grads
+        ctx.grads = grads + [None] * (len(cols) - len(grads))  # batch columns: no gradient
         return value
 
     @staticmethod
@@ -144,7 +144,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
     tensor_src = ""
     if trainable_constants and own:
         tensor_src = codegen.function(
-            "_value_tensor_params", sig.columns, values, [("loss", compiled.graph)],
+            "_value_tensor_params", compiled.columns, values, [("loss", compiled.graph)],
             compiled.names, tensor_params=set(own))
     args, body = sig.export_columns
     call_inputs, out_shape = sig.call_inputs, sig.output
@@ -161,7 +161,10 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
     sig_params = "".join(f", {t}" for t in typed)
     param_names = "".join(f", {k}" for k in values)
     param_tuple = "(" + "".join(f"{k}, " for k in values) + ")"
-    col_list = ", ".join(f"cols[{i}]" for i in range(len(sig.columns)))
+    col_list = ", ".join(f"cols[{i}]" for i in range(len(compiled.columns)))
+    batch_src, batch_call = _batch_prepass(compiled, values, param_names, "    ")
+    _, batch_attr = _batch_prepass(compiled, values, "".join(f", float(self.{k})" for k in values),
+                                   "            ")
     needs_list = "[" + ", ".join("True" if (n and g is not None) else "None"
                                  for n, g in zip(needs, grads)) + "]"
     mask = "(" + ", ".join(repr(bool(n)) for n in needs) + ",)"
@@ -173,7 +176,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
     if tensor_src:
         tensor_branch = f'''
         if {" or ".join(f"isinstance(self.{k}, torch.nn.Parameter)" for k in own)}:
-            cols = _columns({call_inputs})
+            cols = _columns({call_inputs}){batch_attr}
             loss = _value_tensor_params({col_list}{attr_args})
             return _reduce(loss, self.reduction, weight, avg_factor)'''
     forward_args = call_inputs.replace("quality", "quality: Optional[Tensor] = None") \
@@ -185,7 +188,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
 {value_src}
 
 {vjp_src}
-{tensor_src}
+{tensor_src}{batch_src}
 # ------------------------------------------------------------------------ inputs
 def _columns({args}) -> List[Tensor]:
 {body}
@@ -208,7 +211,7 @@ def _fusable(cols: List[Tensor]) -> bool:
 
 def {func}({args}, reduction: str = "none"{sig_params}, weight: Optional[Tensor] = None, avg_factor: Optional[float] = None) -> Tensor:
     """{_text(prov.title or compiled.name)}: the functional form of :class:`{name}`."""
-    cols = _columns({call_inputs})
+    cols = _columns({call_inputs}){batch_call}
     if torch.jit.is_scripting():
         loss = _value({col_list}{param_names})
     elif _fusable(cols):
@@ -253,9 +256,9 @@ from torch import Tensor
 """
 
 
-_PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_columns", "_NEEDS", "_MASK",
-            "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_POOLS", "_pool", "_Fused",
-            "_fusable")
+_PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_batch_terms", "_columns",
+            "_NEEDS", "_MASK", "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_POOLS", "_pool",
+            "_Fused", "_fusable")
 
 
 def _private(body: str, prefix: str) -> str:
@@ -310,9 +313,30 @@ def _literal(v) -> str:
     raise AutolossError(f"choice value {v!r} is not a number or a plain word")
 
 
+def _batch_prepass(compiled: CompiledLoss, values, param_names: str,
+                   indent: str) -> tuple[str, str]:
+    """The batch pre-pass of a kind-B loss: its source (``_batch_terms``, the batch-level
+    terms over the whole batch) and the lines appending them to ``cols`` (detached: no
+    gradient flows through them). Empty for an elementwise loss."""
+    if not compiled.batch_terms:
+        return "", ""
+    src = codegen.function("_batch_terms", compiled.signature.columns, values,
+                           list(compiled.batch_terms), compiled.names,
+                           doc="The batch-level terms, once over the whole batch (no gradient).")
+    n = len(compiled.signature.columns)
+    args = ", ".join(f"cols[{i}].detach()" for i in range(n))
+    if len(compiled.batch_terms) == 1:
+        call = f"\n{indent}cols = cols + [_batch_terms({args}{param_names})]"
+    else:
+        items = ", ".join(f"terms[{i}]" for i in range(len(compiled.batch_terms)))
+        call = (f"\n{indent}terms = _batch_terms({args}{param_names})"
+                f"\n{indent}cols = cols + [{items}]")
+    return "\n" + src, call
+
+
 def _retarget(compiled: CompiledLoss, needs, new_name: str, values) -> str:
     """Generated source of one function, under ``new_name`` with shipped defaults."""
-    src = codegen.function(new_name, compiled.signature.columns, values,
+    src = codegen.function(new_name, compiled.columns, values,
                            _outputs(compiled, needs), compiled.names)
     return src
 
@@ -365,6 +389,7 @@ def zoo_provenance(loss_id: str) -> Provenance:
     from . import zoo
 
     spec = zoo.get(loss_id)
+    require_kind(spec.kind, f"export ({loss_id!r} is kind S)")
     return Provenance(source=f"autoloss zoo id {loss_id!r} ({spec.file})", paper=spec.paper,
                       title=spec.title, formula=spec.formula(), latex=spec.latex(),
                       notes=spec.notes, extra={"reference": spec.reference} if spec.reference

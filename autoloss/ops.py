@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import runtime
 from .errors import UnknownNameError, did_you_mean
 
 GradRule = Callable[[Sequence["object"], "object", "object"], Sequence[Optional["object"]]]
@@ -70,17 +71,28 @@ class Op:
     tensor_args: bool = False  # the torch form takes tensors only (numbers are broadcast)
     #: how physical dimensions pass through it (a rule of :mod:`autoloss.units`)
     units: str = "pure"
+    #: a batch-level term (kind B): its value at a row depends on the whole batch (GHM's
+    #: gradient density, a batch mean). The torch form is a function of
+    #: :mod:`autoloss.runtime` over the whole batch, taking a tensor then numbers; it has
+    #: no gradient (``grad`` is None) and the compiler evaluates it once, before the
+    #: chunked elementwise part, feeding its value in as an extra gradient-free column.
+    #: Elementwise-only checks (the registry's torch-vs-sympy test) skip such ops, and
+    #: search spaces use them only when a space lists them.
+    batch: bool = False
     fn: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         args = ", ".join(f"_a{i}" for i in range(self.arity))
         body = self.torch.format(*(f"_a{i}" for i in range(self.arity)))
         # The template is a constant of this module, never user text.
-        fn = eval(f"lambda {args}: {body}", {"torch": torch})  # noqa: S307
+        fn = eval(f"lambda {args}: {body}", {"torch": torch, **runtime.BATCH})  # noqa: S307
         object.__setattr__(self, "fn", fn)
         if self.domain is not None and self.guard is None:
             lo, hi = self.domain
             object.__setattr__(self, "guard", lambda a: _clamped(self.name, a, lo, hi))
+        if self.batch and (self.grad is not None or self.out is not None):
+            raise RuntimeError(f"primitive {self.name!r}: a batch op has no gradient and no "
+                               "out= form")
         if self.out is not None and not callable(getattr(torch, self.out, None)):
             raise RuntimeError(f"primitive {self.name!r}: torch.{self.out} does not exist")
 
@@ -116,6 +128,11 @@ def get(name: str) -> Op:
 
 def names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def batch_ops() -> list[str]:
+    """Names of the batch-level ops (``Op.batch``)."""
+    return sorted(n for n, op in REGISTRY.items() if op.batch)
 
 
 def functions() -> list[str]:
@@ -421,6 +438,15 @@ def _emit_where(em, node):
     return f"torch.where({cond}, {em.full(a)}, {em.src(b)})"
 
 
+def _numbers_after_first(*args):
+    """A batch op takes a tensor, then numbers (constants or parameters, no terminal)."""
+    E = _e()
+    for i, a in enumerate(args[1:], 2):
+        if E.variables(a):
+            return f"argument {i} must be a number (a constant or a parameter), not a tensor"
+    return None
+
+
 # ------------------------------------------------------------------------------ sympy
 def _sym_cmp(rel):
     return lambda s, a, b: s.Piecewise((s.Integer(1), rel(a, b)), (s.Integer(0), True))
@@ -534,3 +560,15 @@ for _name, _sym, _rel in (
 _register(Op("stop_grad", 1, "{0}.detach()", lambda s, a: s.stop_grad(a), None,
              "identity in value, blocks the gradient (torch .detach())",
              math="{0}", alias=True, sample=(_ANY,), units="keep"))
+
+# Batch-level terms (kind B; no gradient, evaluated over the whole batch first) -----------
+_register(Op("ghm_density", 2, "_ghm_density({0}, {1})",
+             lambda s, g, bins: s.ghm_density(g, bins), None,
+             "GHM gradient-density weight of g in [0, 1] over the whole batch, bins equal "
+             "bins: total / (count in g's bin * non-empty bins) (mmdet GHMC, momentum 0); "
+             "no gradient",
+             math="1.0", sample=((0.0, 1.0), (10.0, 10.0)), units="pure", batch=True,
+             validate=_numbers_after_first))
+_register(Op("batch_mean", 1, "_batch_mean({0})", lambda s, a: s.batch_mean(a), None,
+             "mean of a over the whole batch, at every element; no gradient",
+             math="{0}", sample=(_ANY,), units="keep", batch=True))

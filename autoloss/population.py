@@ -6,6 +6,10 @@ all candidates in one sweep: a subexpression shared by several candidates (mutat
 one another share a lot) is computed once, and every intermediate tensor is freed as soon
 as its last reader has run.
 
+Batch-level ops (``ops.Op.batch``, kind B) need no special care here: the evaluator runs
+each op over the whole batch at once, so a batch op sees the whole batch (the evaluator's
+batch) and, having no gradient rule, passes none. Set-level (S) losses are refused.
+
 Candidates that fail (unknown names, a primitive applied outside its domain in exact
 mode, non-finite values) come back as :class:`Failure` with a reason instead of raising,
 so a search can reject them and go on.
@@ -20,7 +24,7 @@ import torch
 from . import autodiff, ops
 from . import expr as E
 from .compiler import Mode, Pipeline, check_names
-from .errors import AutolossError
+from .errors import AutolossError, require_kind
 from .expr import Call, Const, Expr, Param, Var
 from .signatures import Signature
 from .signatures import get as get_signature
@@ -70,7 +74,8 @@ class PopulationEvaluator:
 
     def __init__(self, signature: Signature | str, inputs: Sequence[torch.Tensor], *,
                  mode: Mode = "search", grad_inputs: Sequence[int] = (0,),
-                 params: Optional[Mapping[str, float]] = None):
+                 params: Optional[Mapping[str, float]] = None, kind: str = "E"):
+        require_kind(kind, "the population evaluator")
         self.signature = get_signature(signature) if isinstance(signature, str) else signature
         sig = self.signature
         with torch.no_grad():
@@ -263,6 +268,6 @@ class PopulationEvaluator:
                 value = getattr(torch, spec.out)(*args, out=out)
             else:
                 value = spec.fn(*args)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:  # (a batch op's bad argument: ValueError)
             return Failure(f"{node.op}() failed: {err}")
         return value

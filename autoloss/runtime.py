@@ -111,6 +111,38 @@ def pool(threads: int):
     return POOLS[threads]
 
 
+# Batch-level terms (ops with ``batch=True``): computed once over the whole batch, before
+# the chunked elementwise part, with no gradient. Their names are private already.
+def _ghm_density(g: Tensor, bins: float) -> Tensor:
+    """GHM gradient-density weight of each element (mmdetection ``GHMC``, momentum 0).
+
+    ``g`` in [0, 1] is histogrammed into ``bins`` equal bins (the last edge raised by 1e-6,
+    so g = 1 falls in the last bin); an element's weight is ``total / (count in its bin *
+    number of non-empty bins)``; an element outside [0, 1] gets weight 0.
+    """
+    nb = int(bins)
+    if nb < 1:
+        raise ValueError(f"ghm_density: bins must be at least 1, got {bins}")
+    flat = g.detach().reshape(-1)
+    edges = torch.arange(nb + 1, dtype=torch.float64, device=g.device) / nb
+    edges[-1] = edges[-1] + 1e-6
+    edges = edges.to(g.dtype)
+    index = torch.bucketize(flat, edges, right=True) - 1  # edges[i] <= g < edges[i + 1]
+    inside = (index >= 0) & (index < nb)
+    index = torch.where(inside, index, torch.zeros_like(index))
+    counts = torch.bincount(index[inside], minlength=nb)
+    filled = int((counts > 0).sum().item())
+    total = max(float(flat.numel()), 1.0)
+    per_bin = counts.to(g.dtype) * float(max(filled, 1))
+    weight = total / torch.clamp(per_bin, min=1.0)
+    return torch.where(inside, weight[index], torch.zeros_like(flat)).reshape(g.shape)
+
+
+def _batch_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over the whole batch, at every element (no gradient)."""
+    return torch.zeros_like(x) + x.detach().mean()
+
+
 def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
@@ -118,3 +150,7 @@ def source(prefix: str = "_") -> str:
     for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "POOLS", "pool"):
         text = re.sub(rf"\b{name}\b", prefix + name, text)
     return text
+
+
+#: the batch-level functions the registry's torch forms call, by name
+BATCH = {"_ghm_density": _ghm_density, "_batch_mean": _batch_mean}

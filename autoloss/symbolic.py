@@ -102,14 +102,49 @@ class stop_grad(sympy.Function):  # noqa: N801
         return s if exp is None else r"%s^{%s}" % (s, exp)
 
 
-_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad)
+class _BatchTerm(sympy.Function):
+    """A batch-level term (``ops.Op.batch``): a value over the whole batch, so no value at
+    one point; held fixed (zero derivative), printed as an operator."""
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(0)
+
+    def _latex(self, printer, exp=None):
+        name = type(self).__name__.replace("_", r"\_")
+        args = ", ".join(printer._print(a) for a in self.args)
+        s = r"\operatorname{%s}\left(%s\right)" % (name, args)
+        return s if exp is None else r"%s^{%s}" % (s, exp)
+
+
+def _ghm_density_numpy(g, bins):
+    import torch
+
+    from .runtime import _ghm_density
+
+    g = _np().asarray(g, dtype=float)
+    return _ghm_density(torch.as_tensor(g), float(bins)).numpy()
+
+
+class ghm_density(_BatchTerm):  # noqa: N801
+    nargs = 2
+    #: lambdify evaluates over whole arrays: the array is the batch
+    numpy = staticmethod(_ghm_density_numpy)
+
+
+class batch_mean(_BatchTerm):  # noqa: N801
+    nargs = 1
+    numpy = staticmethod(lambda x: _np().zeros_like(_np().asarray(x, dtype=float))
+                         + _np().mean(x))
+
+
+_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, ghm_density, batch_mean)
 
 #: namespace handed to the registry's sympy forms
 S = types.SimpleNamespace(**{k: getattr(sympy, k) for k in dir(sympy) if not k.startswith("_")},
                           **{f.__name__: f for f in _CUSTOM})
 
 #: numeric implementations of the functions numpy lacks, for ``sympy.lambdify``
-NUMPY_FUNCS = {f.__name__: f.numpy for f in _CUSTOM}
+NUMPY_FUNCS = {f.__name__: f.numpy for f in _CUSTOM if getattr(f, "numpy", None) is not None}
 NUMPY_FUNCS["erf"] = lambda x: _np().vectorize(math.erf, otypes=[float])(x)
 
 

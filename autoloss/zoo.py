@@ -16,7 +16,7 @@ import torch
 from . import catalog
 from .catalog import LossSpec
 from .compiler import CompiledLoss, compile_loss
-from .errors import UnknownNameError, did_you_mean
+from .errors import UnknownNameError, did_you_mean, require_kind
 from .signatures import get as get_signature
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -35,7 +35,9 @@ def get(loss_id: str) -> LossSpec:
 def compiled(loss_id: str) -> CompiledLoss:
     """The compiled loss behind ``build(loss_id)`` (source, gradient functions, hash)."""
     spec = get(loss_id)
-    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title)
+    require_kind(spec.kind, f"the zoo ({loss_id!r} is kind S)")
+    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title,
+                        kind=spec.kind)
 
 
 class ZooLoss(torch.nn.Module):
@@ -56,6 +58,11 @@ class ZooLoss(torch.nn.Module):
     def forward(self, *inputs, weight=None, avg_factor=None) -> torch.Tensor:
         return self.loss(*inputs, reduction=self.reduction, weight=weight,
                          avg_factor=avg_factor, **self.params)
+
+    def reset(self) -> None:
+        """Forget the loss's running state. State (running means: GHM's momentum, WIoU v3's
+        mean IoU loss) lives on the module, never on the shared compiled loss; the losses
+        in the catalog today keep none, so this does nothing yet."""
 
     def extra_repr(self) -> str:
         values = dict(self.loss.defaults)

@@ -277,6 +277,27 @@ def focal(logits, target, alpha=0.25, gamma=2.0):
     return loss
 
 
+def ghm_c(logits, target, bins=10.0):
+    # mmdet GHMC.forward, momentum 0, every element valid; per element (its sum / total is
+    # mmdet's value, our reduction="mean")
+    bins = int(bins)
+    edges = [float(x) / bins for x in range(bins + 1)]
+    edges[-1] += 1e-6
+    weights = torch.zeros_like(logits)
+    g = torch.abs(logits.sigmoid().detach() - target)
+    tot = max(float(logits.numel()), 1.0)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        num_in_bin = inds.sum().item()
+        if num_in_bin > 0:
+            weights[inds] = tot / num_in_bin
+            n += 1
+    if n > 0:
+        weights = weights / n
+    return F.binary_cross_entropy_with_logits(logits, target, weights, reduction="none")
+
+
 def qfl(logits, target, beta=2.0):
     # mmdetection quality_focal_loss_tensor_target
     p = logits.sigmoid()

@@ -41,8 +41,9 @@ def test_every_op_has_what_the_rest_of_autoloss_reads(name):
     assert callable(spec.sympy) and callable(spec.fn)
 
 
-@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("name", [n for n in OPS if not ops.get(n).batch])
 def test_torch_form_matches_sympy_form(name):
+    """(Batch-level ops have no value at one point: tests/test_kinds.py checks them.)"""
     spec = ops.get(name)
     cols = points(spec)
     torch_values = spec.fn(*cols).to(torch.float64)

@@ -32,7 +32,7 @@ import torch
 from .. import canon, ops, units
 from .. import expr as E
 from ..expr import Call, Const
-from ..errors import AutolossError
+from ..errors import AutolossError, require_kind
 from ..population import Failure, PopulationEvaluator, Result
 from ..signatures import SIGNATURES
 from .candidate import Candidate
@@ -91,7 +91,8 @@ class FilterBank:
     """The rejection filters of one search space (see the module docstring)."""
 
     def __init__(self, signatures: dict[str, str], *, scale_matters: bool = True,
-                 probe_rows: int = 96, seed: int = 0):
+                 probe_rows: int = 96, seed: int = 0, kind: str = "E"):
+        require_kind(kind, "the search filters")
         self.signatures = dict(signatures)
         self.scale_matters = scale_matters
         g = torch.Generator().manual_seed(seed)
@@ -261,7 +262,9 @@ class _Probes:
     Where their shapes agree beyond the rows (box, coord) the sets run as one batch, one
     sweep over the population instead of several (the sweeps of small probe sets cost the
     Python overhead per op, not arithmetic); the losses are row-wise, so each candidate's
-    result is split back by rows.
+    result is split back by rows. A candidate with a batch-level op (kind B: its value at
+    a row depends on the whole batch) is not row-wise: it runs on each probe set alone, so
+    its batch terms are taken over that probe batch.
     """
 
     def __init__(self, sig, random_inputs, degenerate_inputs, scaled=None):
@@ -271,6 +274,8 @@ class _Probes:
             bounds.append(bounds[-1] + len(inputs[0]))
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
         self.scaled = scaled is not None
+        self.sig, self.groups = sig, groups
+        self._alone: Optional[list] = None  # an evaluator per probe set, made when needed
         joinable = all((a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
                        for group in groups[1:] for a, b in zip(groups[0], group))
         if joinable:
@@ -292,8 +297,20 @@ class _Probes:
             return (graphs, self.random.evaluate_graphs(graphs, grad=True),
                     self.edges.evaluate_graphs(graphs, grad=True), [None] * len(graphs))
         graphs = self.joint.graphs(expressions)
-        both = self.joint.evaluate_graphs(graphs, grad=True)
+        batch = [i for i, g in enumerate(graphs)
+                 if not isinstance(g, Failure) and _has_batch_op(g)]
+        rowwise = [Failure("batch-level: runs per probe set") if i in set(batch) else g
+                   for i, g in enumerate(graphs)]
+        both = self.joint.evaluate_graphs(rowwise, grad=True)
         parts = [[self._rows(r, rows) for r in both] for rows in self.slices]
+        if batch:
+            if self._alone is None:
+                self._alone = [PopulationEvaluator(self.sig, inputs, mode="search")
+                               for inputs in self.groups]
+            for part, evaluator in zip(parts, self._alone):
+                for i, r in zip(batch, evaluator.evaluate_graphs([graphs[i] for i in batch],
+                                                                 grad=True)):
+                    part[i] = r
         return graphs, parts[0], parts[1], parts[2] if self.scaled else [None] * len(graphs)
 
     @staticmethod
@@ -301,3 +318,7 @@ class _Probes:
         if isinstance(r, Failure):
             return r
         return Result(r.value[rows], {k: g[rows] for k, g in (r.grads or {}).items()})
+
+
+def _has_batch_op(graph) -> bool:
+    return any(type(n) is Call and ops.REGISTRY[n.op].batch for n in E.postorder(graph))

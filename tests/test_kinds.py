@@ -1,0 +1,217 @@
+"""Kinds of losses: elementwise (E), batch-level (B: terms over the whole batch computed
+once, before the chunked elementwise part, without gradient) and set-level (S: refused)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoloss import catalog, compiler, export, ops, runtime, zoo
+from autoloss import expr as E
+from autoloss.errors import CatalogError, UnsupportedKindError
+from autoloss.parse import parse
+from autoloss.population import PopulationEvaluator
+from autoloss.search.filters import FilterBank
+
+from conftest import ZOO_IDS
+
+
+def mmdet_ghmc(pred, target, bins=10):
+    """mmdetection's ``GHMC.forward`` with momentum 0 and every element valid, verbatim in
+    substance: the loop over bins, the weights, the sum divided by the total."""
+    edges = [float(x) / bins for x in range(bins + 1)]
+    edges[-1] += 1e-6
+    weights = torch.zeros_like(pred)
+    g = torch.abs(pred.sigmoid().detach() - target)
+    tot = max(float(pred.numel()), 1.0)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        num_in_bin = inds.sum().item()
+        if num_in_bin > 0:
+            weights[inds] = tot / num_in_bin
+            n += 1
+    if n > 0:
+        weights = weights / n
+    return F.binary_cross_entropy_with_logits(pred, target, weights, reduction="sum") / tot
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64) * 3
+    t = (torch.rand(64, 5, generator=g) > 0.8).double()
+    yield "random", x, t, 10
+    yield "random_30_bins", x, t, 30
+    # g = |sigmoid(x) - t| only near 0.05 and 0.9: most bins empty
+    t2 = (torch.arange(40) % 2).double()[:, None].repeat(1, 3)
+    x2 = torch.where(t2 > 0, torch.tensor(2.944), torch.tensor(2.197)).double()
+    x2 = x2 + torch.rand(40, 3, generator=g, dtype=torch.float64) * 0.05
+    yield "empty_bins", x2, t2, 10
+    # saturated logits on the labels: every element in the first bin (weights 1)
+    yield "one_bin", (t * 2 - 1) * 12.0, t, 10
+
+
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_ghm_c_matches_mmdet_ghmc_values_and_gradients(case):
+    _, x, t, bins = case
+    xa = x.clone().requires_grad_(True)
+    want = mmdet_ghmc(xa, t, bins)
+    (gw,) = torch.autograd.grad(want, xa)
+    xb = x.clone().requires_grad_(True)
+    got = zoo.build("ghm_c", reduction="mean", bins=bins)(xb, t)
+    (gg,) = torch.autograd.grad(got, xb)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12, abs=1e-14)
+    torch.testing.assert_close(gg, gw, rtol=1e-10, atol=1e-14)
+
+
+def test_ghm_density_is_over_the_whole_batch_not_per_chunk():
+    """A batch larger than the row chunks: the density still counts the whole batch."""
+    g = torch.Generator().manual_seed(1)
+    n = 2 * runtime.CHUNK // 4 + 5000
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64) * 2
+    t = (torch.rand(n, 4, generator=g) > 0.7).double()
+    xa = x.clone().requires_grad_(True)
+    want = mmdet_ghmc(xa, t)
+    (gw,) = torch.autograd.grad(want, xa)
+    xb = x.clone().requires_grad_(True)
+    got = zoo.build("ghm_c", reduction="mean")(xb, t)
+    (gg,) = torch.autograd.grad(got, xb)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    torch.testing.assert_close(gg, gw, rtol=1e-9, atol=1e-15)
+
+
+def test_ghm_c_gradcheck_with_the_density_fixed():
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(8, 3, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    t = (torch.rand(8, 3, generator=g) > 0.6).double()
+    loss = zoo.compiled("ghm_c")
+    # the elementwise part with the density as a fixed column: exact closed-form gradient
+    assert torch.autograd.gradcheck(lambda z: loss(z, t), (x,))
+    # and the fused gradient equals autograd of the generated value function
+    cols = [x, t] + loss.batch_columns([x.detach(), t], loss.values({}))
+    eager = loss.function([False, False])(*cols, *loss.values({}))
+    (ge,) = torch.autograd.grad(eager.sum(), x)
+    (gf,) = torch.autograd.grad(loss(x, t).sum(), x)
+    torch.testing.assert_close(gf, ge)
+
+
+def test_batch_terms_are_split_from_the_elementwise_part():
+    loss = zoo.compiled("ghm_c")
+    assert [name for name, _ in loss.batch_terms] == ["batch0"]
+    assert loss.columns == ("x", "t", "batch0")
+    assert not compiler.batch_nodes(loss.graph)
+    assert "_ghm_density" in loss.prepass_source and "_ghm_density" not in loss.source_for(
+        [True, False])
+
+
+def test_batch_mean_is_the_batch_mean_without_gradient():
+    sig = "coord"
+    expr = parse("abs(d) * batch_mean(abs(d))", ["d", "pred", "target"], {})
+    loss = compiler.compile_loss(expr, sig, name="scaled_l1")
+    pred = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(50, 4, dtype=torch.float64)
+    d = (pred - target).abs()
+    want = d * d.detach().mean()
+    got = loss(pred, target)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), pred)[0],
+                               torch.autograd.grad(want.sum(), pred)[0])
+
+
+def test_export_writes_the_batch_prepass(tmp_path):
+    compiled = zoo.compiled("ghm_c")
+    path = tmp_path / "ghm.py"
+    export.to_file(compiled, path)
+    assert "def _batch_terms" in path.read_text()
+    report = export.check(path, compiled)
+    assert report["value"] < 1e-9 and report["grad"] < 1e-9
+    module = export.load(path)
+    x = torch.randn(30, 4, dtype=torch.float64)
+    t = (torch.rand(30, 4) > 0.7).double()
+    scripted = torch.jit.script(module.GhmCLoss(reduction="mean"))
+    torch.testing.assert_close(scripted(x, t), mmdet_ghmc(x, t))
+
+
+def test_population_and_probes_take_batch_terms_over_their_batch():
+    x, t = next(_cases())[1:3]
+    expr = zoo.get("ghm_c").expression
+    r = PopulationEvaluator("sigmoid", (x, t), mode="exact").evaluate([expr], grad=True)[0]
+    torch.testing.assert_close(r.value.mean(), mmdet_ghmc(x, t))
+    bank = FilterBank({"cls": "sigmoid"})
+    probes = bank.probes["cls"]
+    _, rand, edges, _ = probes.evaluate([expr])
+    alone = PopulationEvaluator("sigmoid", probes.groups[1], mode="search").evaluate([expr])[0]
+    torch.testing.assert_close(edges[0].value, alone.value)
+
+
+def test_search_spaces_leave_batch_ops_out_unless_listed():
+    from autoloss.search import space
+
+    assert ops.batch_ops() == ["batch_mean", "ghm_density"]
+    for name in space.names():
+        for slot in space.load(name).slots.values():
+            assert not set(slot.primitives) & set(ops.batch_ops()), (name, slot)
+
+
+@pytest.mark.parametrize("loss_id", ZOO_IDS)
+def test_declared_kind_matches_the_expression(loss_id):
+    spec = zoo.get(loss_id)
+    used = {n.op for n in E.postorder(spec.expression)
+            if type(n) is E.Call and ops.get(n.op).batch}
+    assert spec.kind in ("E", "B")
+    assert bool(used) == (spec.kind == "B"), (loss_id, spec.kind, used)
+
+
+def _catalog_with(tmp_path, entry: str) -> Path:
+    src = catalog.default_dir()
+    shutil.copy(src / "2_classification.toml", tmp_path / "2_classification.toml")
+    with open(tmp_path / "2_classification.toml", "a", encoding="utf-8") as f:
+        f.write(entry)
+    return tmp_path
+
+
+_ENTRY = '''
+[losses.test_kind]
+title = "t"
+paper = "p"
+section = "2.4"
+signature = "sigmoid"
+kind = "{kind}"
+expression = "{expression}"
+'''
+
+
+def test_catalog_checks_the_kind_against_the_expression(tmp_path):
+    with pytest.raises(CatalogError, match='declare kind = "B"'):
+        catalog.load(_catalog_with(tmp_path, _ENTRY.format(
+            kind="E", expression="ghm_density(abs(p - t), 10) * x")))
+    with pytest.raises(CatalogError, match="needs a batch-level op"):
+        catalog.load(_catalog_with(tmp_path, _ENTRY.format(kind="B", expression="x * t")))
+
+
+def test_set_level_is_refused_everywhere(tmp_path, monkeypatch):
+    cat = catalog.load(_catalog_with(tmp_path, _ENTRY.format(kind="S", expression="x * t")))
+    assert cat.losses["test_kind"].kind == "S"
+    monkeypatch.setattr(catalog, "default", lambda: cat)
+    msg = "set-level losses need a hand-written backward; not supported yet by"
+    with pytest.raises(UnsupportedKindError, match=msg + " the zoo"):
+        zoo.build("test_kind")
+    with pytest.raises(UnsupportedKindError, match=msg + " export"):
+        export.zoo_provenance("test_kind")
+    expr = cat.losses["test_kind"].expression
+    with pytest.raises(UnsupportedKindError, match=msg + " the compiler"):
+        compiler.compile_loss(expr, "sigmoid", kind="S")
+    x, t = next(_cases())[1:3]
+    with pytest.raises(UnsupportedKindError, match=msg + " the population evaluator"):
+        PopulationEvaluator("sigmoid", (x, t), kind="S")
+    with pytest.raises(UnsupportedKindError, match=msg + " the search filters"):
+        FilterBank({"cls": "sigmoid"}, kind="S")
+
+
+def test_zoo_module_has_reset():
+    m = zoo.build("ghm_c")
+    m.reset()
+    assert isinstance(m, torch.nn.Module)
