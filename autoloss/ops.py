@@ -79,6 +79,9 @@ class Op:
     #: Elementwise-only checks (the registry's torch-vs-sympy test) skip such ops, and
     #: search spaces use them only when a space lists them.
     batch: bool = False
+    #: offered by a search space's default grammar (``primitives`` not given); a space may
+    #: still list it. Off for gradient control and for batch-level terms
+    searchable: bool = True
     fn: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -559,7 +562,7 @@ for _name, _sym, _rel in (
 # Gradient control -----------------------------------------------------------------------
 _register(Op("stop_grad", 1, "{0}.detach()", lambda s, a: s.stop_grad(a), None,
              "identity in value, blocks the gradient (torch .detach())",
-             math="{0}", alias=True, sample=(_ANY,), units="keep"))
+             math="{0}", alias=True, sample=(_ANY,), units="keep", searchable=False))
 
 # Batch-level terms (kind B; no gradient, evaluated over the whole batch first) -----------
 _register(Op("ghm_density", 2, "_ghm_density({0}, {1})",

@@ -447,9 +447,9 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
                                         "only well-dimensioned candidates; remove it")
     if mode == "params" and len(seeds) != 1:
         _fail(file, table, "seeds", "mode = 'params' tunes exactly one zoo loss: give one seed")
-    # the default grammar is elementwise: batch-level ops (kind B) only when listed
+    # the default grammar: the searchable elementwise ops (batch-level ones only when listed)
     prims = body.get("primitives", [n for n in ops.names()
-                                    if n not in ("stop_grad",) and not ops.get(n).batch])
+                                    if ops.get(n).searchable and not ops.get(n).batch])
     if not isinstance(prims, list):
         _fail(file, table, "primitives", "must be a list of primitive names")
     for p in prims:
