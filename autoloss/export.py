@@ -179,10 +179,8 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
             cols = _columns({call_inputs}){batch_attr}
             loss = _value_tensor_params({col_list}{attr_args})
             return _reduce(loss, self.reduction, weight, avg_factor)'''
-    forward_args = call_inputs.replace("quality", "quality: Optional[Tensor] = None") \
-        if sig.name == "softmax" else call_inputs
-    typed_forward = ", ".join(
-        a if ":" in a else f"{a}: Tensor" for a in forward_args.split(", "))
+    typed_forward = ", ".join(f"{i.name}: Optional[Tensor] = None" if i.optional
+                              else f"{i.name}: Tensor" for i in sig.inputs)
     trainable_note = "torch.nn.Parameter when trainable_constants, else float"
     body = f'''# --------------------------------------------------------------- generated loss code
 {value_src}
@@ -257,8 +255,8 @@ from torch import Tensor
 
 
 _PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_batch_terms", "_columns",
-            "_NEEDS", "_MASK", "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_POOLS", "_pool",
-            "_Fused", "_fusable")
+            "_NEEDS", "_MASK", "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_serial_only",
+            "_POOLS_LOCK", "_POOLS", "_pool", "_Fused", "_fusable")
 
 
 def _private(body: str, prefix: str) -> str:

@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 # EXPORTED: everything below is copied into exported modules (torch only, no autoloss)
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 #: elements per column evaluated at once: temporaries stay in cache
 CHUNK = 65536
@@ -66,8 +69,8 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
     ref = cols[0]
     rows = ref.shape[0] if ref.dim() > 0 else 1
     width = max(1, ref.numel() // max(rows, 1))
-    threads = torch.get_num_threads()
-    if threads < 2 or ref.device.type != "cpu" or rows < 2 * threads:
+    threads = 1 if serial_only(ref) else torch.get_num_threads()
+    if threads < 2 or rows < 2 * threads:
         run_rows(fn, cols, params, value, grads, 0, rows, max(1, CHUNK // width))
         return
     step = max(1, CHUNK // 2 // width)
@@ -79,6 +82,16 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
             run_rows(fn, cols, params, value, grads, bounds[k], bounds[k + 1], step)
 
     list(pool(threads).map(share, range(threads)))  # waits; re-raises a worker's error
+
+
+def serial_only(ref: Tensor) -> bool:
+    """Whether the rows must stay on this thread: tracing compilers, inference mode and
+    autocast are per-thread states that workers would not share; other devices run their
+    own parallel kernels."""
+    if torch.compiler.is_compiling():
+        return True
+    return (ref.device.type != "cpu" or torch.is_inference_mode_enabled()
+            or torch.is_autocast_enabled("cpu"))
 
 
 def run_rows(fn, cols: List[Tensor], params, value: Tensor, grads, begin: int, end: int,
@@ -100,15 +113,19 @@ def run_rows(fn, cols: List[Tensor], params, value: Tensor, grads, begin: int, e
 
 
 POOLS = {}
+POOLS_LOCK = threading.Lock()
 
 
 def pool(threads: int):
-    """One pool of worker threads per thread count, made on first use."""
-    if threads not in POOLS:
-        from concurrent.futures import ThreadPoolExecutor
+    """The worker threads for a thread count, started on first use (a forked child starts
+    its own: it inherits the parent's executors but not their threads)."""
+    with POOLS_LOCK:
+        if threads not in POOLS:
+            POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="loss-chunks")
+        return POOLS[threads]
 
-        POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="loss-chunks")
-    return POOLS[threads]
+
+os.register_at_fork(after_in_child=POOLS.clear)
 
 
 # Batch-level terms (ops with ``batch=True``): computed once over the whole batch, before
@@ -147,7 +164,8 @@ def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
     text = text.split("\n", 1)[1].split("\ndef source(", 1)[0].rstrip() + "\n"
-    for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "POOLS", "pool"):
+    for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "POOLS_LOCK",
+                 "POOLS", "pool"):
         text = re.sub(rf"\b{name}\b", prefix + name, text)
     return text
 

@@ -1,6 +1,8 @@
 """Compiler: sympy agreement, cache, tracebacks, search mode, chunking, population evaluator."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import traceback
 
 import numpy as np
@@ -318,3 +320,37 @@ def test_compile_cache_is_bounded(monkeypatch):
         compile_loss(box_expr(f"{k + 1} - iou"), BOX, name="c0")
     assert len(compiler._CACHE) == 3
     assert compile_loss(box_expr("1 - iou"), BOX, name="c0") is not first  # evicted
+
+
+def test_threaded_chunks_respect_per_thread_states(monkeypatch):
+    """Inference mode, autocast and tracing compilers are per-thread: those calls stay on the
+    caller's thread (a worker would fail to write into an inference tensor)."""
+    monkeypatch.setattr(runtime, "CHUNK", 64)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    x, t = sample("sigmoid", 500, 3)
+    expected = zoo.build("focal")(x, t)
+    with torch.inference_mode():
+        torch.testing.assert_close(zoo.build("focal")(x, t), expected, rtol=1e-13, atol=1e-15)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert runtime.serial_only(x)
+
+
+def test_threaded_chunks_work_in_a_forked_child():
+    """A forked child inherits the parent's worker pool object but not its threads."""
+    code = """
+import os, torch
+from autoloss import runtime, zoo
+runtime.CHUNK = 64
+torch.set_num_threads(2)
+x = torch.randn(4000, 4); t = (torch.rand(4000, 4) > 0.8).float()
+zoo.build("focal")(x, t)  # starts the parent's pool
+pid = os.fork()
+if pid == 0:
+    zoo.build("focal")(x, t)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(status)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

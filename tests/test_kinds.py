@@ -215,3 +215,19 @@ def test_zoo_module_has_reset():
     m = zoo.build("ghm_c")
     m.reset()
     assert isinstance(m, torch.nn.Module)
+
+
+def test_convergence_ladder_takes_batch_terms_per_step():
+    """The ladder's steps are separate batches for a batch-level candidate: its batch mean
+    is each step's own, not one mean over the whole ladder."""
+    from autoloss.search.filters import STEPS, _Ladder, convergence_inputs
+    from autoloss.signatures import BOX
+
+    inputs = convergence_inputs("box", m=6)
+    ladder = _Ladder(BOX, inputs)
+    iou_mean, iou = (parse(text, BOX.names) for text in ("batch_mean(iou)", "iou"))
+    graphs = ladder.joint.graphs([iou_mean, iou])
+    per_step, rowwise = ladder.evaluate_graphs(graphs)
+    blocks = rowwise.value.reshape(len(STEPS), 6)
+    torch.testing.assert_close(per_step.value.reshape(len(STEPS), 6),
+                               blocks.mean(1, keepdim=True).expand(-1, 6))

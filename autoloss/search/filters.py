@@ -104,8 +104,8 @@ class FilterBank:
                 scaled = units.probe_inputs(sig, 16, g)
             self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
                                         sig.degenerate(torch.float64), scaled)
-            self.convergence[slot] = None if sig.convergence is None else PopulationEvaluator(
-                sig, convergence_inputs(name, seed=seed), mode="search")
+            self.convergence[slot] = None if sig.convergence is None else _Ladder(
+                sig, convergence_inputs(name, seed=seed))
         self.seen_keys: dict[str, int] = {}
         self.seen_prints: dict[str, int] = {}
 
@@ -318,6 +318,36 @@ class _Probes:
         if isinstance(r, Failure):
             return r
         return Result(r.value[rows], {k: g[rows] for k, g in (r.grads or {}).items()})
+
+
+class _Ladder:
+    """The convergence ladder of one slot: ``len(STEPS)`` blocks of rows, one sweep for the
+    row-wise candidates; a candidate with a batch-level op runs on each block alone, so its
+    batch terms are taken over one step of the ladder, not over all of them."""
+
+    def __init__(self, sig, inputs):
+        self.sig, self.inputs = sig, inputs
+        self.joint = PopulationEvaluator(sig, inputs, mode="search")
+        self._blocks: Optional[list] = None
+
+    def evaluate_graphs(self, graphs):
+        batch = [i for i, g in enumerate(graphs)
+                 if not isinstance(g, Failure) and _has_batch_op(g)]
+        out = self.joint.evaluate_graphs([Failure("batch-level: runs per step") if i in batch
+                                          else g for i, g in enumerate(graphs)])
+        if batch:
+            if self._blocks is None:
+                m = len(self.inputs[0]) // len(STEPS)
+                self._blocks = [PopulationEvaluator(
+                    self.sig, tuple(None if x is None else x[k * m:(k + 1) * m]
+                                    for x in self.inputs), mode="search")
+                    for k in range(len(STEPS))]
+            per_step = [b.evaluate_graphs([graphs[i] for i in batch]) for b in self._blocks]
+            for j, i in enumerate(batch):
+                results = [step[j] for step in per_step]
+                failed = next((r for r in results if isinstance(r, Failure)), None)
+                out[i] = failed or Result(torch.cat([r.value for r in results]), None)
+        return out
 
 
 def _has_batch_op(graph) -> bool:

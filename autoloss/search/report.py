@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 
 from .. import catalog
 from .. import expr as E
-from ..proxies.geometry import aligned_iou
 from ..signatures import SIGNATURES
 from .candidate import Candidate
 from .runs import Run
@@ -293,7 +292,8 @@ def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
     fig, axes = plt.subplots(2, len(slots), figsize=(6 * len(slots), 7), squeeze=False)
     for col, slot in enumerate(slots):
         sig = space.slots[slot].signature
-        inputs, _ = SIGNATURES[sig].curve(121)
+        curve = SIGNATURES[sig].curve(121)
+        inputs = curve.inputs
         labels = [("discovered", best.slots[slot])]
         names = []
         for origin in zoo_origins:
@@ -309,23 +309,15 @@ def _loss_curves(folder, space, best, summary, plt) -> Optional[Path]:
             value = loss(x, *inputs[1:])
             value = value.reshape(value.shape[0], -1).sum(1)
             (g,) = torch.autograd.grad(value.sum(), x)
-            if sig == "box":
-                xs = aligned_iou(x.detach(), inputs[1])
-                grad = g[:, 0] + g[:, 2]  # d loss / d shift: both x edges move
-                xlabel = "IoU (a unit box sliding sideways onto its target)"
-            else:
-                xs = torch.sigmoid(x.detach()[:, 0]) if sig in ("sigmoid", "softmax") else x.detach()[:, 0]
-                grad = g[:, 0]
-                xlabel = "p (target y = 1)" if sig in ("sigmoid", "softmax") else "d = pred - target"
+            xs = curve.x
+            grad = (g * curve.direction).reshape(g.shape[0], -1).sum(1)
             order = torch.argsort(xs)
             style = "-" if label == "discovered" else "--"
             axes[0][col].plot(xs[order].numpy(), value.detach()[order].numpy(), style, label=label)
             axes[1][col].plot(xs[order].numpy(), grad[order].numpy(), style, label=label)
         axes[0][col].set_title(f"slot {slot} ({sig}): loss")
-        axes[1][col].set_title("gradient (d loss / d shift)" if sig == "box"
-                               else "gradient (d loss / d logit)" if sig != "coord"
-                               else "gradient (d loss / d pred)")
-        axes[1][col].set_xlabel(xlabel)
+        axes[1][col].set_title(f"gradient (d loss / d {curve.sweep})")
+        axes[1][col].set_xlabel(curve.xlabel)
         axes[0][col].legend(fontsize=8)
     fig.tight_layout()
     path = folder / "loss_curves.png"

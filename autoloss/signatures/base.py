@@ -73,6 +73,21 @@ class Prepared:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One prediction swept towards its target, for the loss curves of a report.
+
+    ``inputs`` hold the n steps as rows; the plot shows the loss against ``x`` (labelled
+    ``xlabel``) and its derivative along the sweep (named ``sweep``): the gradient with
+    respect to the prediction, summed against ``direction`` (d prediction / d sweep)."""
+
+    inputs: tuple
+    x: Tensor
+    xlabel: str
+    sweep: str
+    direction: Tensor
+
+
 @dataclass(frozen=True, eq=False)
 class Signature:
     name: str
@@ -111,9 +126,9 @@ class Signature:
     #: prediction at distance steps[k] from its target (0: perfect, 1: far); None: the
     #: convergence filter skips the signature
     convergence: Optional[Callable[..., tuple]] = None
-    #: (n) -> (inputs, label): one prediction swept over n steps towards its target, for the
-    #: loss curves of a report; None: no curve
-    curve: Optional[Callable[[int], tuple[tuple, str]]] = None
+    #: (n) -> a :class:`Curve`: one prediction swept over n steps towards its target, for
+    #: the loss curves of a report; None: no curve
+    curve: Optional[Callable[[int], "Curve"]] = None
     #: sampled inputs -> the same targets with a perfect prediction; None: no such thing
     perfect: Optional[Callable[[tuple], tuple]] = None
     #: (ltrb, points, gt_boxes, stride) -> the loss's inputs for a dense detector that

@@ -10,7 +10,8 @@ import torch
 
 from .. import units
 from ..expr import Param
-from .base import (Input, Prepared, Signature, float_pair, identity_backward, terminals)
+from .base import (Curve, Input, Prepared, Signature, float_pair, identity_backward,
+                   terminals)
 
 Tensor = torch.Tensor
 
@@ -123,13 +124,15 @@ def convergence(steps, m: int, generator):
     return _from_centres(cc, ww), target.repeat(k, 1)
 
 
-def curve(n: int):
+def curve(n: int) -> Curve:
     """A unit box sliding sideways onto its target: IoU = (1 - s) / (1 + s)."""
     dt = torch.float64
     s = torch.linspace(0.98, 0.0, n, dtype=dt)
     target = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=dt).repeat(n, 1)
     zero = torch.zeros_like(s)
-    return (target + torch.stack([s, zero, s, zero], 1), target), "shift"
+    return Curve((target + torch.stack([s, zero, s, zero], 1), target), (1 - s) / (1 + s),
+                 "IoU (a unit box sliding sideways onto its target)", "shift",
+                 torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=dt).repeat(n, 1))
 
 
 def perfect(inputs):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Input, Prepared, Signature, float_pair, identity_backward, terminals
+from .base import (Curve, Input, Prepared, Signature, float_pair, identity_backward,
+                   terminals)
 
 Tensor = torch.Tensor
 
@@ -53,9 +54,12 @@ def convergence(steps, m: int, generator):
     return tgt + s[:, None] * offset.repeat(k, 1), tgt
 
 
-def curve(n: int):
+def curve(n: int) -> Curve:
+    """Every entry at d = pred - target from -3 to 3; the gradient of one entry."""
     d = torch.linspace(-3, 3, n, dtype=torch.float64)[:, None].repeat(1, 4)
-    return (d, torch.zeros_like(d)), "d"
+    direction = torch.zeros_like(d)
+    direction[:, 0] = 1.0
+    return Curve((d, torch.zeros_like(d)), d[:, 0], "d = pred - target", "pred", direction)
 
 
 def perfect(inputs):

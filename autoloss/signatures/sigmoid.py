@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import SignatureError
-from .base import Input, Prepared, Signature, float_pair, identity_backward, terminals
+from .base import (Curve, Input, Prepared, Signature, float_pair, identity_backward,
+                   terminals)
 
 Tensor = torch.Tensor
 
@@ -65,9 +66,11 @@ def convergence(steps, m: int, generator):
     return base.repeat(k, 1) - s[:, None] * 8.0 * (y.repeat(k, 1) * 2 - 1), y.repeat(k, 1)
 
 
-def curve(n: int):
+def curve(n: int) -> Curve:
+    """One logit from -6 to 6 against a positive target."""
     x = torch.linspace(-6, 6, n, dtype=torch.float64)[:, None]
-    return (x, torch.ones_like(x)), "logit"
+    return Curve((x, torch.ones_like(x)), torch.sigmoid(x[:, 0]), "p (target y = 1)", "logit",
+                 torch.ones_like(x))
 
 
 def perfect(inputs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SignatureError
-from .base import Input, Prepared, Signature, logsoftmax_backward, need, terminals
+from .base import Curve, Input, Prepared, Signature, logsoftmax_backward, need, terminals
 
 Tensor = torch.Tensor
 
@@ -80,10 +80,14 @@ def convergence(steps, m: int, generator):
     return logits, labels.repeat(k), torch.ones(k * m, dtype=dt)
 
 
-def curve(n: int):
+def curve(n: int) -> Curve:
+    """The labelled class's logit from -6 to 6 beside two classes at 0."""
     x = torch.linspace(-6, 6, n, dtype=torch.float64)
     logits = torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], 1)
-    return (logits, torch.zeros(n, dtype=torch.long)), "logit"
+    direction = torch.zeros_like(logits)
+    direction[:, 0] = 1.0
+    return Curve((logits, torch.zeros(n, dtype=torch.long)), torch.softmax(logits, 1)[:, 0],
+                 "p of the labelled class", "logit", direction)
 
 
 def perfect(inputs):

@@ -1,9 +1,10 @@
 """The signature contract as a test suite, shipped so any signature (yours too) can run it.
 
-Subclass :class:`SignatureContract` in a pytest module and name the signature::
+Subclass :class:`SignatureContract` in a pytest module and give it the signature (an
+object, or the name of a registered one)::
 
     class TestRotatedBox(SignatureContract):
-        name = "rbox"
+        signature = RBOX          # or name = "rbox" once it is in SIGNATURES
 
 It checks that everything a :class:`~autoloss.signatures.base.Signature` holds agrees with
 itself: inputs, columns and gradient buffers; the core backward against autograd through
@@ -22,6 +23,7 @@ import torch
 from .. import units
 from ..errors import SignatureError
 from . import get
+from .base import Signature
 
 
 def _columns_function(sig):
@@ -37,12 +39,13 @@ def _columns_function(sig):
 
 
 class SignatureContract:
+    signature: Optional[Signature] = None
     name: str = ""
     rows: int = 12
 
     @property
-    def sig(self):
-        return get(self.name)
+    def sig(self) -> Signature:
+        return self.signature if self.signature is not None else get(self.name)
 
     def inputs(self, seed: int = 0, dtype=torch.float64):
         return self.sig.sample(self.rows, torch.Generator().manual_seed(seed), dtype=dtype)
@@ -139,9 +142,10 @@ class SignatureContract:
         sig = self.sig
         if sig.curve is None:
             pytest.skip("no loss curve")
-        inputs, label = sig.curve(7)
-        assert isinstance(label, str) and label
-        assert sig.prepare("contract", *inputs).out_shape[0] == 7
+        curve = sig.curve(7)
+        assert curve.xlabel and curve.sweep
+        assert sig.prepare("contract", *curve.inputs).out_shape[0] == 7
+        assert curve.x.shape == (7,) and curve.direction.shape == curve.inputs[0].shape
 
     def test_perfect_prediction_keeps_the_targets(self):
         sig = self.sig
