@@ -263,21 +263,28 @@ class CompiledLoss:
             out.append(None if g is None or (type(g) is Const and g.value == 0.0) else g)
         return out
 
+    def outputs(self, needs: Sequence[bool]) -> list[tuple[str, Optional[Expr]]]:
+        """What the generated function returns: the loss, then (when any column ``needs``
+        one) the gradient of every column, None where not needed or identically zero, with
+        the emission rewrites applied (BCE fused, logsigmoid pairs shared)."""
+        if not any(needs):
+            return [("loss", self.graph)]
+        outputs = [("loss", self.graph)] + [
+            (f"d_{c}", g) for c, g in zip(self.signature.columns, self.gradients(needs))]
+        shared = canon.share_logsigmoid(canon.fuse_bce([e for _, e in outputs if e is not None]))
+        it = iter(shared)
+        return [(label, None if e is None else next(it)) for label, e in outputs]
+
     def source_for(self, needs: Sequence[bool]) -> str:
         key = tuple(bool(n) for n in needs)
         if key not in self._sources:
             sig = self.signature
+            outputs = self.outputs(key)
             if any(key):
-                outputs = [("loss", self.graph)] + [
-                    (f"d_{c}", g) for c, g in zip(sig.columns, self.gradients(key))]
-                shared = canon.share_logsigmoid(canon.fuse_bce([e for _, e in outputs if e is not None]))
-                it = iter(shared)
-                outputs = [(label, None if e is None else next(it)) for label, e in outputs]
                 fname = f"{self.name}_vjp"
                 doc = (f"{self.name} and its gradient with respect to "
                        f"{', '.join(c for c, n in zip(sig.columns, key) if n)}.")
             else:
-                outputs = [("loss", self.graph)]
                 fname = self.name
                 doc = f"{self.name}: {self.doc or E.to_infix(self.expression)}"
             self._sources[key] = codegen.function(

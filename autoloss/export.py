@@ -256,7 +256,7 @@ from torch import Tensor
 
 _PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_batch_terms", "_columns",
             "_NEEDS", "_MASK", "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_serial_only",
-            "_POOLS_LOCK", "_POOLS", "_pool", "_Fused", "_fusable")
+            "_POOLS_LOCK", "_POOLS", "_pool", "_FORKED", "_after_fork", "_Fused", "_fusable")
 
 
 def _private(body: str, prefix: str) -> str:
@@ -335,20 +335,8 @@ def _batch_prepass(compiled: CompiledLoss, values, param_names: str,
 def _retarget(compiled: CompiledLoss, needs, new_name: str, values) -> str:
     """Generated source of one function, under ``new_name`` with shipped defaults."""
     src = codegen.function(new_name, compiled.columns, values,
-                           _outputs(compiled, needs), compiled.names)
+                           compiled.outputs(needs), compiled.names)
     return src
-
-
-def _outputs(compiled: CompiledLoss, needs) -> list:
-    from . import canon
-
-    if not any(needs):
-        return [("loss", compiled.graph)]
-    outputs = [("loss", compiled.graph)] + [
-        (f"d_{c}", g) for c, g in zip(compiled.signature.columns, compiled.gradients(needs))]
-    shared = canon.share_logsigmoid(canon.fuse_bce([e for _, e in outputs if e is not None]))
-    it = iter(shared)
-    return [(label, None if e is None else next(it)) for label, e in outputs]
 
 
 def _docstring(name, compiled, prov, formula, inputs_doc, param_doc, out_shape, trainable):

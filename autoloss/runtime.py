@@ -86,9 +86,9 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
 
 def serial_only(ref: Tensor) -> bool:
     """Whether the rows must stay on this thread: tracing compilers, inference mode and
-    autocast are per-thread states that workers would not share; other devices run their
-    own parallel kernels."""
-    if torch.compiler.is_compiling():
+    autocast are per-thread states that workers would not share; a forked child has no
+    working thread pool; other devices run their own parallel kernels."""
+    if torch.compiler.is_compiling() or FORKED:
         return True
     return (ref.device.type != "cpu" or torch.is_inference_mode_enabled()
             or torch.is_autocast_enabled("cpu"))
@@ -114,6 +114,9 @@ def run_rows(fn, cols: List[Tensor], params, value: Tensor, grads, begin: int, e
 
 POOLS = {}
 POOLS_LOCK = threading.Lock()
+#: set in a forked child: the parent's worker threads and torch's own thread pool do not
+#: exist there (torch runs a forked child's ops on one thread), so its chunks run serially
+FORKED = []
 
 
 def pool(threads: int):
@@ -125,7 +128,12 @@ def pool(threads: int):
         return POOLS[threads]
 
 
-os.register_at_fork(after_in_child=POOLS.clear)
+def after_fork() -> None:
+    POOLS.clear()
+    FORKED.append(True)
+
+
+os.register_at_fork(after_in_child=after_fork)
 
 
 # Batch-level terms (ops with ``batch=True``): computed once over the whole batch, before
@@ -165,7 +173,7 @@ def source(prefix: str = "_") -> str:
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
     text = text.split("\n", 1)[1].split("\ndef source(", 1)[0].rstrip() + "\n"
     for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "POOLS_LOCK",
-                 "POOLS", "pool"):
+                 "POOLS", "pool", "FORKED", "after_fork"):
         text = re.sub(rf"\b{name}\b", prefix + name, text)
     return text
 

@@ -353,4 +353,4 @@ print(status)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0"
+    assert out.stdout.strip() == "0", out.stderr[-2000:]
