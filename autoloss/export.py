@@ -255,8 +255,8 @@ from torch import Tensor
 
 
 _PRIVATE = ("_value_and_grad", "_value_tensor_params", "_value", "_batch_terms", "_columns",
-            "_NEEDS", "_MASK", "_CHUNK", "_reduce", "_run_chunks", "_run_rows", "_serial_only",
-            "_POOLS_LOCK", "_POOLS", "_pool", "_FORKED", "_after_fork", "_Fused", "_fusable")
+            "_NEEDS", "_MASK", "_Fused", "_fusable",
+            *("_" + n for n in runtime.EXPORTED_NAMES))
 
 
 def _private(body: str, prefix: str) -> str:

@@ -172,10 +172,14 @@ def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
     text = text.split("\n", 1)[1].split("\ndef source(", 1)[0].rstrip() + "\n"
-    for name in ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "POOLS_LOCK",
-                 "POOLS", "pool", "FORKED", "after_fork"):
+    for name in EXPORTED_NAMES:
         text = re.sub(rf"\b{name}\b", prefix + name, text)
     return text
+
+
+#: the module-level names of the exported text that :func:`source` makes private
+EXPORTED_NAMES = ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "POOLS_LOCK",
+                  "POOLS", "pool", "FORKED", "after_fork")
 
 
 #: the batch-level functions the registry's torch forms call, by name
