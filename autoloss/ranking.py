@@ -21,14 +21,18 @@ Notation. H is the smoothed step on logit differences, H(x) = clamp(x / (2 delta
 Negatives with s_j <= min_P s - delta have H(s_j - s_i) = 0 for every positive i; like the
 official code, they are dropped before anything else and get a zero gradient.
 
-Cost. The official code loops over positives in Python, O(P (P + N)) work. Here every sum
-over negatives, sum_j w_j H(s_j - q), is a prefix-sum lookup in the sorted negatives (H is
-linear between its two knees, so the sum splits into a count above q + delta and a linear
-part on the window (q - delta, q + delta)): O((N + P) log N) for all positives together.
-The sums that need a second key (RS's target order, y_k >= y_i) are dense (B, P) blocks of
-positives with B * P <= 2**24 elements. Prefix sums are taken in float64 whatever the input
-dtype (float32 on MPS, which has no float64), so float32 inputs lose nothing to
-cancellation; gradients come back in the logits' dtype.
+Cost. The official code loops over positives in Python: O(P (P + M)) work for M relevant
+negatives. Here nothing is a (P, M) matrix. The positives are sorted once (O(P log P));
+each negative is located among them by two binary searches (where H against it starts
+and stops being linear, O(M log P)); then every sum over negatives, for all positives at
+once, and every sum over positives, for all negatives at once, is a prefix sum or a
+cumsum of counts (H is linear between its two knees). The sums that need a second key
+(RS's target order, y_k >= y_i) are dense (B, P) blocks of positives with B * P <= 2**24
+elements: RS is O(P^2) in that part. Sums are taken in float64 whatever the input dtype
+(float32 on MPS, which has no float64), so float32 inputs lose nothing to cancellation;
+counts are integers, so a positive with no negative near or above it has FP = 0
+exactly, as in the official code, and its update is exactly what the official branch
+gives. Gradients come back in the logits' dtype.
 
 Edge cases, as the official code behaves: without positives AP, aLRP and RS return 0 with
 a zero gradient (cccorn/AP-loss returns 0; the kemaloksuz heads return ``0 * scores``);
@@ -82,7 +86,9 @@ _BLOCK_ELEMENTS = 1 << 24  # bound on a dense (B, P) block of positives (RS sort
 # ---------------------------------------------------------------------------------------
 # input checks
 
-def _check(loss: str, logits, labels, label_name: str = "labels", soft: bool = False):
+def _check(loss: str, logits, labels, label_name: str = "labels",
+           soft: bool = False) -> tuple[Tensor, Tensor]:
+    """Validate the inputs; returns the masks of the positives and of the negatives."""
     for name, t in (("logits", logits), (label_name, labels)):
         if not isinstance(t, Tensor):
             raise SignatureError(f"{loss}: argument {name!r} must be a torch.Tensor of shape "
@@ -103,19 +109,23 @@ def _check(loss: str, logits, labels, label_name: str = "labels", soft: bool = F
         bad = int((~torch.isfinite(logits)).nonzero()[0, 0])
         raise SignatureError(f"{loss}: 'logits' must be finite, got {logits[bad].item()} at "
                              f"index {bad}; clamp saturated logits (e.g. to +-1e4) upstream")
-    if labels.dtype == torch.bool or labels.numel() == 0:
-        return
+    if labels.dtype == torch.bool:
+        return labels, ~labels
+    neg = labels == 0
     if soft:
-        ok = (labels == -1) | ((labels >= 0) & (labels <= 1))
+        pos = labels > 0
+        ok = (pos & (labels <= 1)) | neg | (labels == -1)
         expected = "in [0, 1] (IoU of a positive, 0 for a negative) or -1 (ignored)"
     else:
-        ok = (labels == -1) | (labels == 0) | (labels == 1)
+        pos = labels == 1
+        ok = pos | neg | (labels == -1)
         expected = "1 (positive), 0 (negative) or -1 (ignored)"
-    if not bool(ok.all()):
+    if labels.numel() and not bool(ok.all()):
         bad = int((~ok).nonzero()[0, 0])
         hint = "; continuous IoU targets belong to rs_loss" if not soft else ""
         raise SignatureError(f"{loss}: {label_name!r} must be {expected}, got "
                              f"{labels[bad].item()} at index {bad}{hint}")
+    return pos, neg
 
 
 def _check_delta(loss: str, delta: float, allow_zero: bool = False) -> float:
@@ -131,92 +141,133 @@ def _acc_dtype(t: Tensor) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------
-# sums of the smoothed step over a sorted set
+# sums of the smoothed step, without a (P, N) matrix
+#
+# H(k - q) as a function of q is 1 up to k - delta, linear down to 0 at k + delta, then 0
+# (the unit step [k >= q] at delta = 0). Sums of it over one set, for every member of
+# another, therefore need only where each point falls among the other set's sorted values
+# (two binary searches) and prefix sums: no (P, N) matrix, O((P + N) log P) in all.
 
-def _step(x: Tensor, delta: float) -> Tensor:
-    """H(x): the ranking losses' smoothed step (unit step [x >= 0] at delta = 0)."""
+class _Sorted(NamedTuple):
+    values: Tensor  # ascending
+    perm: Tensor    # values = x[perm], a stable argsort of x
+
+
+def _gather(t: Tensor, index: Tensor) -> Tensor:
+    return torch.index_select(t, 0, index)  # several times faster than t[index] on CPU
+
+
+def _sort(x: Tensor) -> _Sorted:
+    values, perm = torch.sort(x, stable=True)
+    return _Sorted(values, perm)
+
+
+class _Knees(NamedTuple):
+    """Where points x fall among sorted values v: ``lo = #{v <= x - delta}``, ``hi = #{v <
+    x + delta}`` (both ``#{v <= x}`` at delta = 0). Against the v of index t < lo, H(x - v)
+    is 1 and H(v - x) is 0; on lo <= t < hi both are linear; from hi on, the reverse."""
+    lo: Tensor
+    hi: Tensor
+
+
+def _locate(x: Tensor, v: _Sorted, delta: float) -> _Knees:
     if delta == 0:
-        return (x >= 0).to(x.dtype)
-    return (x / (2 * delta) + 0.5).clamp(0, 1)
+        at = torch.searchsorted(v.values, x, right=True)
+        return _Knees(at, at)
+    return _Knees(torch.searchsorted(v.values, x - delta, right=True),
+                  torch.searchsorted(v.values, x + delta, right=False))
 
 
-class _StepTable:
-    """A set of keys sorted once, to sum a step function over it for many queries.
+def _sums_over(queries: Tensor, keys: _Sorted, delta: float, weights: Tensor | None = None,
+               above: bool = True, knees: _Knees | None = None) -> Tensor:
+    """``sum_k w_k H(key_k - q)`` (above) or ``sum_k w_k H(q - key_k)`` (below) for each
+    query q, from prefix sums of w and w * key over the sorted keys: O(K + Q log K).
+    ``knees`` are the queries located among the keys, if the caller has them already."""
+    ks = keys.values
+    if ks.numel() == 0:
+        return queries.new_zeros(queries.shape)
+    w = torch.ones_like(ks) if weights is None else weights[keys.perm]
+    zero = w.new_zeros(1)
+    w0 = torch.cat([zero, w.cumsum(0)])
+    if delta == 0:  # keys >= q (above) or keys <= q (below)
+        if above:
+            return w0[-1] - _gather(w0, torch.searchsorted(ks, queries, right=False))
+        at = knees.lo if knees is not None else torch.searchsorted(ks, queries, right=True)
+        return _gather(w0, at)
+    lo, hi = knees if knees is not None else _locate(queries, keys, delta)
+    w1 = torch.cat([zero, (w * ks).cumsum(0)])
+    w0_lo, w0_hi = _gather(w0, lo), _gather(w0, hi)            # prefix sums at the knees
+    inside = w0_hi - w0_lo                                     # sum of w between the knees
+    linear = (_gather(w1, hi) - _gather(w1, lo)) - queries * inside  # sum of w (key - q) there
+    if above:
+        return (w0[-1] - w0_hi) + linear / (2 * delta) + 0.5 * inside
+    return w0_lo - linear / (2 * delta) + 0.5 * inside
 
-    ``above(q, w)[i] = sum_k w_k H(key_k - q_i)`` and ``below(q, w)[i] = sum_k w_k
-    H(q_i - key_k)``, each in O(log n) per query: H is 0 below one knee, 1 above the other
-    and linear in between, so a sum is a prefix sum of w (the keys past a knee) plus prefix
-    sums of w and w * key on the window between the knees.
+
+def _sums_at(queries: _Sorted, keys: Tensor, delta: float, knees: _Knees) -> Tensor:
+    """``sum_k H(key_k - q)`` for each query q (in the queries' original order), with only
+    the queries sorted: O(Q + K) given the keys located among them (``knees``), the cheap
+    way when the keys (negatives) far outnumber the queries (positives).
+
+    Along the sorted queries a key's term is 1 before its ``lo``, linear up to its ``hi``,
+    0 after. The keys at 1 and between the knees are counted exactly (integer cumsums);
+    the constant parts of the linear terms are summed the same way in float, and the sum
+    is exactly 0 where no key is between the knees.
     """
-
-    def __init__(self, keys: Tensor, delta: float):
-        self.keys, self.perm = torch.sort(keys)
-        self.delta = delta
-
-    def _prefix(self, weights: Tensor | None):
-        w = (torch.ones_like(self.keys) if weights is None else weights[self.perm])
-        zero = w.new_zeros(1)
-        w0 = torch.cat([zero, w.cumsum(0)])
-        w1 = torch.cat([zero, (w * self.keys).cumsum(0)]) if self.delta > 0 else None
-        return w0, w1
-
-    def above(self, queries: Tensor, weights: Tensor | None = None) -> Tensor:
-        if self.keys.numel() == 0:
-            return queries.new_zeros(queries.shape)
-        w0, w1 = self._prefix(weights)
-        if self.delta == 0:  # keys >= q
-            return w0[-1] - w0[torch.searchsorted(self.keys, queries, right=False)]
-        d = self.delta
-        lo = torch.searchsorted(self.keys, queries - d, right=True)   # keys <= q - d: H = 0
-        hi = torch.searchsorted(self.keys, queries + d, right=False)  # keys >= q + d: H = 1
-        inside = w0[hi] - w0[lo]
-        linear = (w1[hi] - w1[lo]) - queries * inside  # sum of w (key - q) on the window
-        return (w0[-1] - w0[hi]) + linear / (2 * d) + 0.5 * inside
-
-    def below(self, queries: Tensor, weights: Tensor | None = None) -> Tensor:
-        if self.keys.numel() == 0:
-            return queries.new_zeros(queries.shape)
-        w0, w1 = self._prefix(weights)
-        if self.delta == 0:  # keys <= q
-            return w0[torch.searchsorted(self.keys, queries, right=True)]
-        d = self.delta
-        lo = torch.searchsorted(self.keys, queries - d, right=True)   # keys <= q - d: H = 1
-        hi = torch.searchsorted(self.keys, queries + d, right=False)  # keys >= q + d: H = 0
-        inside = w0[hi] - w0[lo]
-        linear = queries * inside - (w1[hi] - w1[lo])  # sum of w (q - key) on the window
-        return w0[lo] + linear / (2 * d) + 0.5 * inside
+    qs = queries.values
+    n = qs.numel()
+    out = qs.new_zeros(n)
+    if keys.numel() == 0 or n == 0:
+        return out
+    a, b = knees
+    left = torch.bincount(a, minlength=n + 1).cumsum(0)[:n]    # keys no longer at 1
+    ones = (keys.numel() - left).to(qs.dtype)
+    if delta == 0:
+        out[queries.perm] = ones
+        return out
+    gone = torch.bincount(b, minlength=n + 1).cumsum(0)[:n]    # keys already at 0
+    between = left - gone                                      # keys between the knees
+    const = keys / (2 * delta) + 0.5                           # their k / (2 delta) + 1/2
+    run = (torch.bincount(a, const, minlength=n + 1)
+           - torch.bincount(b, const, minlength=n + 1)).cumsum(0)[:n]
+    linear = run - between.to(qs.dtype) * qs / (2 * delta)
+    out[queries.perm] = ones + torch.where(between > 0, linear, torch.zeros_like(linear))
+    return out
 
 
 class _Split(NamedTuple):
     """Positives and the relevant negatives of one call, in the accumulation dtype."""
-    pos: Tensor        # (N,) bool
-    rel_neg: Tensor    # (N,) bool: negatives that can rank above some positive
+    pos: Tensor        # (P,) indices of the positives in logits
+    rel: Tensor        # (M,) indices of the negatives that can rank above some positive
     fg: Tensor         # (P,) positive logits
     bg: Tensor         # (M,) relevant negative logits
-    y: Tensor          # (P,) positive targets (RS) or ones
+    fg_sorted: _Sorted
+    bg_knees: _Knees   # the negatives located among the sorted positives
 
 
-def _split(logits: Tensor, labels: Tensor, delta: float, soft: bool) -> _Split | None:
-    acc = _acc_dtype(logits)
-    pos = labels > 0 if soft else labels == 1
-    if labels.dtype == torch.bool:
-        pos, neg = labels, ~labels
-    else:
-        neg = labels == 0
-    x = logits.detach().to(acc)
-    fg = x[pos]
-    if fg.numel() == 0:
+def _split(logits: Tensor, pos: Tensor, neg: Tensor, delta: float) -> _Split | None:
+    x = logits.detach()
+    pos_idx = pos.nonzero().squeeze(1)
+    if pos_idx.numel() == 0:
         return None
-    rel_neg = neg & (x >= fg.min() - delta)
-    y = labels[pos].to(acc) if soft else torch.ones_like(fg)
-    return _Split(pos, rel_neg, fg, x[rel_neg], y)
+    fg = _gather(x, pos_idx).to(_acc_dtype(logits))
+    # negatives at or below min(fg) - delta have H = 0 against every positive: drop them.
+    # The comparison runs in the logits' dtype, with the threshold lowered by a few ulps so
+    # that rounding never drops one the exact threshold keeps (extra ones add exact zeros).
+    xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    threshold = float(fg.min()) - delta
+    threshold -= 4 * torch.finfo(xc.dtype).eps * (abs(threshold) + 1)
+    rel_idx = (neg & (xc >= threshold)).nonzero().squeeze(1)
+    bg = _gather(x, rel_idx).to(fg.dtype)
+    fg_sorted = _sort(fg)
+    return _Split(pos_idx, rel_idx, fg, bg, fg_sorted, _locate(bg, fg_sorted, delta))
 
 
 def _scatter_grad(logits: Tensor, split: _Split, fg_grad: Tensor, bg_grad: Tensor) -> Tensor:
-    grad = torch.zeros_like(logits, dtype=fg_grad.dtype)
-    grad[split.pos] = fg_grad
-    grad[split.rel_neg] = bg_grad
-    return grad.to(logits.dtype)
+    grad = torch.zeros_like(logits)
+    grad.index_copy_(0, split.pos, fg_grad.to(grad.dtype))
+    grad.index_copy_(0, split.rel, bg_grad.to(grad.dtype))
+    return grad
 
 
 def _value_dtype(logits: Tensor) -> torch.dtype:
@@ -227,25 +278,25 @@ def _value_dtype(logits: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------------------------------
 # AP-Loss
 
-def _ap_forward(logits: Tensor, labels: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    split = _split(logits, labels, delta, soft=False)
+def _ap_forward(logits: Tensor, pos: Tensor, neg: Tensor, delta: float):
+    split = _split(logits, pos, neg, delta)
     if split is None:
         return logits.new_zeros((), dtype=_value_dtype(logits)), torch.zeros_like(logits)
-    fg, bg = split.fg, split.bg
+    fg, bg, fg_sorted = split.fg, split.bg, split.fg_sorted
     n_pos = fg.numel()
-    fg_table = _StepTable(fg, delta)
-    rank_pos = fg_table.above(fg) + 0.5            # = 1 + sum_{k != i} H(s_k - s_i)
-    fp = _StepTable(bg, delta).above(fg)
+    rank_pos = _sums_over(fg, fg_sorted, delta) + 0.5   # = 1 + sum_{k != i} H(s_k - s_i)
+    fp = _sums_at(fg_sorted, bg, delta, split.bg_knees)
     rank = rank_pos + fp
     prec = rank_pos / rank
     # interpolated precision: running max over the positives in ascending logit order
-    order = torch.argsort(fg, stable=True)
+    order = fg_sorted.perm
     interp = torch.empty_like(prec)
     interp[order] = torch.cummax(prec[order], 0).values
     # a negative j collects sum_i H(s_j - s_i) / rank(i), scaled by (1 - max) / (1 - cur)
     # for the positives whose precision was interpolated
     scale = torch.where(interp > prec, (1 - interp) / (1 - prec), torch.ones_like(prec))
-    bg_grad = fg_table.below(bg, scale / rank)
+    bg_grad = _sums_over(bg, fg_sorted, delta, scale / rank, above=False,
+                         knees=split.bg_knees)
     fg_grad = -(1 - interp)
     grad = _scatter_grad(logits, split, fg_grad / n_pos, bg_grad / n_pos)
     value = 1 - interp.mean()
@@ -254,8 +305,8 @@ def _ap_forward(logits: Tensor, labels: Tensor, delta: float) -> tuple[Tensor, T
 
 class _APLossFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, delta):
-        value, grad = _ap_forward(logits, labels, delta)
+    def forward(ctx, logits, pos, neg, delta):
+        value, grad = _ap_forward(logits, pos, neg, delta)
         ctx.save_for_backward(grad)
         return value
 
@@ -263,7 +314,7 @@ class _APLossFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         grad, = ctx.saved_tensors
-        return grad * grad_out.to(grad.dtype), None, None
+        return grad * grad_out.to(grad.dtype), None, None, None
 
 
 def ap_loss(logits: Tensor, labels: Tensor, delta: float = AP_DELTA) -> Tensor:
@@ -287,8 +338,8 @@ def ap_loss(logits: Tensor, labels: Tensor, delta: float = AP_DELTA) -> Tensor:
     Returns:
         A scalar; 0 with a zero gradient when there is no positive.
     """
-    _check("ap_loss", logits, labels)
-    return _APLossFn.apply(logits, labels, _check_delta("ap_loss", delta))
+    pos, neg = _check("ap_loss", logits, labels)
+    return _APLossFn.apply(logits, pos, neg, _check_delta("ap_loss", delta))
 
 
 class APLoss(torch.nn.Module):
@@ -308,37 +359,35 @@ class APLoss(torch.nn.Module):
 # ---------------------------------------------------------------------------------------
 # aLRP Loss
 
-def _alrp_forward(logits, labels, reg, delta, eps):
-    split = _split(logits, labels, delta, soft=False)
+def _alrp_forward(logits, pos, neg, reg, delta, eps):
+    split = _split(logits, pos, neg, delta)
     if split is None:
         empty = torch.zeros(0, dtype=_value_dtype(logits), device=logits.device)
         return (logits.new_zeros((), dtype=_value_dtype(logits)), torch.zeros_like(logits),
                 empty, torch.zeros(0, dtype=torch.long, device=logits.device))
-    fg, bg = split.fg, split.bg
+    fg, bg, fg_sorted = split.fg, split.bg, split.fg_sorted
     n_pos = fg.numel()
     e_loc = reg.detach().to(fg.dtype)
-    fg_table = _StepTable(fg, delta)
-    rank_pos = fg_table.above(fg) + 0.5            # = 1 + sum_{k != i} H(s_k - s_i)
-    fp = _StepTable(bg, delta).above(fg)
+    rank_pos = _sums_over(fg, fg_sorted, delta) + 0.5   # = 1 + sum_{k != i} H(s_k - s_i)
+    fp = _sums_at(fg_sorted, bg, delta, split.bg_knees)
     rank = rank_pos + fp
     prec = rank_pos / rank
     # sum_{k != i} H(s_k - s_i) E_loc(k): the localisation errors of the positives above i
-    loc_above = fg_table.above(fg, e_loc) - 0.5 * e_loc
+    loc_above = _sums_over(fg, fg_sorted, delta, e_loc) - 0.5 * e_loc
     has_fp = fp > eps
     fg_grad = torch.where(has_fp, -(loc_above + fp) / rank, torch.zeros_like(fp))
     # each positive's error goes to the negatives above it, in proportion to H / FP(i)
     share = torch.where(has_fp, -fg_grad / fp.clamp(min=eps), torch.zeros_like(fp))
-    bg_grad = fg_table.below(bg, share)
+    bg_grad = _sums_over(bg, fg_sorted, delta, share, above=False, knees=split.bg_knees)
     grad = _scatter_grad(logits, split, fg_grad / n_pos, bg_grad / n_pos)
-    order = torch.argsort(fg, stable=True)
     vdt = _value_dtype(logits)
-    return (1 - prec.mean()).to(vdt), grad, rank.to(vdt), order
+    return (1 - prec.mean()).to(vdt), grad, rank.to(vdt), fg_sorted.perm
 
 
 class _ALRPLossFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, reg, delta, eps):
-        value, grad, rank, order = _alrp_forward(logits, labels, reg, delta, eps)
+    def forward(ctx, logits, pos, neg, reg, delta, eps):
+        value, grad, rank, order = _alrp_forward(logits, pos, neg, reg, delta, eps)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(rank, order)
         return value, rank, order
@@ -347,7 +396,7 @@ class _ALRPLossFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, _rank, _order):
         grad, = ctx.saved_tensors
-        return grad * grad_out.to(grad.dtype), None, None, None, None
+        return grad * grad_out.to(grad.dtype), None, None, None, None, None
 
 
 class ALRPParts(NamedTuple):
@@ -359,8 +408,8 @@ class ALRPParts(NamedTuple):
     order: Tensor  # (P,) argsort of the positive logits, ascending (stable)
 
 
-def _check_reg(loss, regression_losses, logits, labels):
-    n_pos = int((labels if labels.dtype == torch.bool else labels == 1).sum())
+def _check_reg(loss, regression_losses, logits, pos):
+    n_pos = int(pos.sum())
     if regression_losses is None:
         return torch.zeros(n_pos, dtype=_value_dtype(logits), device=logits.device)
     if not isinstance(regression_losses, Tensor):
@@ -388,10 +437,10 @@ def alrp_loss_parts(logits: Tensor, labels: Tensor, regression_losses: Tensor | 
     losses as E_loc: (1 - GIoU) / 2 / (1 - tau) with tau = 0.5 is 1 - GIoU. The
     classification component gets no gradient w.r.t. ``regression_losses``.
     """
-    _check("alrp_loss", logits, labels)
+    pos, neg = _check("alrp_loss", logits, labels)
     delta = _check_delta("alrp_loss", delta)
-    reg = _check_reg("alrp_loss", regression_losses, logits, labels)
-    cls, rank, order = _ALRPLossFn.apply(logits, labels, reg, delta, float(eps))
+    reg = _check_reg("alrp_loss", regression_losses, logits, pos)
+    cls, rank, order = _ALRPLossFn.apply(logits, pos, neg, reg, delta, float(eps))
     if rank.numel() == 0:
         return ALRPParts(cls, reg.sum() * 0, rank, order)
     desc = order.flip(0)
@@ -490,42 +539,45 @@ class ALRPLoss(torch.nn.Module):
 # ---------------------------------------------------------------------------------------
 # Rank & Sort Loss
 
-def _rs_forward(logits, targets, delta, eps):
-    split = _split(logits, targets, delta, soft=True)
+def _rs_forward(logits, targets, pos, neg, delta, eps):
+    split = _split(logits, pos, neg, delta)
     if split is None:
         zero = logits.new_zeros((), dtype=_value_dtype(logits))
         return zero, zero, torch.zeros_like(logits)
-    fg, bg, y = split.fg, split.bg, split.y
+    fg, bg, fg_sorted = split.fg, split.bg, split.fg_sorted
+    y = targets[split.pos].to(fg.dtype)
     n_pos = fg.numel()
-    fp = _StepTable(bg, delta).above(fg)
-    miss_y = 1 - y
+    fp = _sums_at(fg_sorted, bg, delta, split.bg_knees)
+    # columns [1, 1 - y]: one product gives sum_k h_ik and sum_k h_ik (1 - y_k)
+    sum_cols = torch.stack([torch.ones_like(y), 1 - y], 1)
+    shifted = fg / (2 * delta) + 0.5 if delta > 0 else fg
+    scaled = fg / (2 * delta) if delta > 0 else fg
     ranking_error = torch.empty_like(fg)
     sorting_error = torch.empty_like(fg)
     fg_grad = torch.zeros_like(fg)
     block = max(1, _BLOCK_ELEMENTS // n_pos)
     for start in range(0, n_pos, block):  # blocks of positives, not one per positive
         rows = slice(start, start + block)
-        h = _step(fg[None, :] - fg[rows, None], delta)           # (b, P): H(s_k - s_i)
-        rank_pos = h.sum(1)                                      # includes H(0) of i itself
-        rank = rank_pos + fp[rows]
-        ranking_error[rows] = fp[rows] / rank
-        current = (h @ miss_y) / rank_pos
-        # the target order: positives with y_k >= y_i may stay above i
-        h_target = torch.where(y[None, :] >= y[rows, None], h, torch.zeros_like(h))
-        target = (h_target @ miss_y) / h_target.sum(1)
-        sorting_error[rows] = current - target
-        # mis-sorted: smaller target, larger logit; they receive i's sorting error
-        h_miss = h - h_target
-        denom = h_miss.sum(1)
+        if delta > 0:  # (b, P): H(s_k - s_i) = clamp((s_k - s_i) / (2 delta) + 1/2, 0, 1)
+            h = (shifted[None, :] - scaled[rows, None]).clamp_(0, 1)
+        else:
+            h = (fg[None, :] >= fg[rows, None]).to(fg.dtype)
+        rank_pos, current = (h @ sum_cols).unbind(1)          # rank_pos includes H(0) of i
+        ranking_error[rows] = fp[rows] / (rank_pos + fp[rows])
+        # mis-sorted: smaller target, larger logit; they receive i's sorting error. The
+        # target order keeps the rest (y_k >= y_i) above i.
+        h_miss = h.masked_fill_(y[None, :] >= y[rows, None], 0)
+        denom, miss = (h_miss @ sum_cols).unbind(1)
+        error = current / rank_pos - (current - miss) / (rank_pos - denom)
+        sorting_error[rows] = error
         has_miss = denom > eps
-        share = torch.where(has_miss, sorting_error[rows] / denom.clamp(min=eps),
-                            torch.zeros_like(denom))
+        share = torch.where(has_miss, error / denom.clamp(min=eps), torch.zeros_like(denom))
         fg_grad += share @ h_miss
-        fg_grad[rows] -= torch.where(has_miss, sorting_error[rows], torch.zeros_like(denom))
+        fg_grad[rows] -= torch.where(has_miss, error, torch.zeros_like(denom))
     has_fp = fp > eps
     fg_grad -= torch.where(has_fp, ranking_error, torch.zeros_like(fp))
     share = torch.where(has_fp, ranking_error / fp.clamp(min=eps), torch.zeros_like(fp))
-    bg_grad = _StepTable(fg, delta).below(bg, share)
+    bg_grad = _sums_over(bg, fg_sorted, delta, share, above=False, knees=split.bg_knees)
     grad = _scatter_grad(logits, split, fg_grad / n_pos, bg_grad / n_pos)
     vdt = _value_dtype(logits)
     return ranking_error.mean().to(vdt), sorting_error.mean().to(vdt), grad
@@ -533,8 +585,8 @@ def _rs_forward(logits, targets, delta, eps):
 
 class _RSLossFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, delta, eps):
-        ranking, sorting, grad = _rs_forward(logits, targets, delta, eps)
+    def forward(ctx, logits, targets, pos, neg, delta, eps):
+        ranking, sorting, grad = _rs_forward(logits, targets, pos, neg, delta, eps)
         ctx.save_for_backward(grad)
         return ranking, sorting
 
@@ -543,7 +595,7 @@ class _RSLossFn(torch.autograd.Function):
     def backward(ctx, grad_ranking, _grad_sorting):
         # as the official RankSort: the whole update rides on the ranking output's gradient
         grad, = ctx.saved_tensors
-        return grad * grad_ranking.to(grad.dtype), None, None, None
+        return grad * grad_ranking.to(grad.dtype), None, None, None, None, None
 
 
 class RSParts(NamedTuple):
@@ -560,9 +612,9 @@ def rs_loss_parts(logits: Tensor, targets: Tensor, delta: float = RS_DELTA,
     through the gradient of ``ranking`` and ignores the one of ``sorting``: train on
     ``ranking + sorting`` (or use :func:`rs_loss`), not on a reweighted sum.
     """
-    _check("rs_loss", logits, targets, "targets", soft=True)
+    pos, neg = _check("rs_loss", logits, targets, "targets", soft=True)
     delta = _check_delta("rs_loss", delta, allow_zero=True)
-    return RSParts(*_RSLossFn.apply(logits, targets, delta, float(eps)))
+    return RSParts(*_RSLossFn.apply(logits, targets, pos, neg, delta, float(eps)))
 
 
 def rs_loss(logits: Tensor, targets: Tensor, delta: float = RS_DELTA,
@@ -637,12 +689,8 @@ def dr_loss(logits: Tensor, labels: Tensor, margin: float = DR_MARGIN,
         labels: (N,) 1 positive, 0 negative, -1 ignored.
         margin, pos_lambda, neg_lambda, L, tau: official defaults 0.5, 1, 0.1 / ln 3.5, 6, 4.
     """
-    _check("dr_loss", logits, labels)
+    pos, neg = _check("dr_loss", logits, labels)
     x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    if labels.dtype == torch.bool:
-        pos, neg = labels, ~labels
-    else:
-        pos, neg = labels == 1, labels == 0
     neg_p = x[neg].sigmoid()
     neg_dist = (F.softmax(neg_p / neg_lambda, dim=0) * neg_p).sum()
     if bool(pos.any()):

@@ -85,6 +85,8 @@ CASES = [  # (N, positives, ties, seed)
 def check(got, want):
     torch.testing.assert_close(got[0], want[0], rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(got[1], want[1], rtol=RTOL, atol=ATOL)
+    # exact zeros stay exact (e.g. a positive above every negative: no AP update at all)
+    assert torch.equal(got[1][want[1] == 0], torch.zeros_like(got[1][want[1] == 0]))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"N{c[0]}-P{c[1]}{'-ties' if c[2] else ''}")
