@@ -157,6 +157,14 @@ def _gather(t: Tensor, index: Tensor) -> Tensor:
     return torch.index_select(t, 0, index)  # several times faster than t[index] on CPU
 
 
+def _histogram(index: Tensor, size: int, weights: Tensor | None = None) -> Tensor:
+    """``bincount`` by ``index_add_``, which stays usable (deterministic) on CUDA under
+    ``torch.use_deterministic_algorithms``; as fast on CPU."""
+    if weights is None:
+        return index.new_zeros(size).index_add_(0, index, torch.ones_like(index))
+    return weights.new_zeros(size).index_add_(0, index, weights)
+
+
 def _sort(x: Tensor) -> _Sorted:
     values, perm = torch.sort(x, stable=True)
     return _Sorted(values, perm)
@@ -220,16 +228,15 @@ def _sums_at(queries: _Sorted, keys: Tensor, delta: float, knees: _Knees) -> Ten
     if keys.numel() == 0 or n == 0:
         return out
     a, b = knees
-    left = torch.bincount(a, minlength=n + 1).cumsum(0)[:n]    # keys no longer at 1
+    left = _histogram(a, n + 1).cumsum(0)[:n]                  # keys no longer at 1
     ones = (keys.numel() - left).to(qs.dtype)
     if delta == 0:
         out[queries.perm] = ones
         return out
-    gone = torch.bincount(b, minlength=n + 1).cumsum(0)[:n]    # keys already at 0
+    gone = _histogram(b, n + 1).cumsum(0)[:n]                  # keys already at 0
     between = left - gone                                      # keys between the knees
     const = keys / (2 * delta) + 0.5                           # their k / (2 delta) + 1/2
-    run = (torch.bincount(a, const, minlength=n + 1)
-           - torch.bincount(b, const, minlength=n + 1)).cumsum(0)[:n]
+    run = (_histogram(a, n + 1, const) - _histogram(b, n + 1, const)).cumsum(0)[:n]
     linear = run - between.to(qs.dtype) * qs / (2 * delta)
     out[queries.perm] = ones + torch.where(between > 0, linear, torch.zeros_like(linear))
     return out
@@ -265,8 +272,8 @@ def _split(logits: Tensor, pos: Tensor, neg: Tensor, delta: float) -> _Split | N
 
 def _scatter_grad(logits: Tensor, split: _Split, fg_grad: Tensor, bg_grad: Tensor) -> Tensor:
     grad = torch.zeros_like(logits)
-    grad.index_copy_(0, split.pos, fg_grad.to(grad.dtype))
-    grad.index_copy_(0, split.rel, bg_grad.to(grad.dtype))
+    grad[split.pos] = fg_grad.to(grad.dtype)  # index_put: deterministic on CUDA too
+    grad[split.rel] = bg_grad.to(grad.dtype)
     return grad
 
 
