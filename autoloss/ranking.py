@@ -330,7 +330,8 @@ def ap_loss(logits: Tensor, labels: Tensor, delta: float = AP_DELTA) -> Tensor:
     Chen, Li, Ji, Lu et al., "Towards Accurate One-Stage Object Detection with AP-Loss",
     CVPR 2019 (TPAMI 2020: "AP-Loss for Accurate One-Stage Object Detection").
 
-        prec(i)   = rank_pos(i) / (rank_pos(i) + FP(i)),  rank_pos(i) = 1 + sum_{k != i} H(s_k - s_i)
+        rank_pos(i) = 1 + sum_{k != i} H(s_k - s_i)
+        prec(i)   = rank_pos(i) / (rank_pos(i) + FP(i))
         iprec(i)  = max { prec(k) : k in P, k at or below i in ascending logit order }
         L         = 1 - mean_{i in P} iprec(i)
 
