@@ -24,6 +24,14 @@ at parse time. ``params`` holds tunable parameters: ``gamma = { default = 2.0, r
 with units (``box``) must be dimensionless (:mod:`autoloss.units`), or say why it is not
 by design: ``not_invariant = "normalised by a fixed image size"``. Every problem is
 reported with the file, the entry and the field.
+
+A set-level loss (``kind = "S"``: AP-Loss, aLRP, Rank & Sort, ...) is no expression: its
+value couples every element of the batch and its gradient is the paper's error-driven
+update. Its entry names the hand-written function instead, ``implementation =
+"autoloss.ranking:ap_loss"``, which takes the slot's inputs flattened (logits (N,) and
+labels (N,), or targets (N,) where its second argument is called ``targets``) and the
+entry's ``params`` as keywords, and returns one value for the batch (see
+:class:`autoloss.zoo.SetLevelLoss`).
 """
 from __future__ import annotations
 
@@ -55,8 +63,11 @@ KINDS = {"E": "elementwise", "B": "batch-level terms, computed once over the bat
 _ENTRY_FIELDS = {
     "title": True, "paper": True, "section": True, "signature": True, "expression": True,
     "params": False, "let": False, "properties": False, "reference": False, "notes": False,
-    "kind": False, "not_invariant": False,
+    "kind": False, "not_invariant": False, "implementation": False,
 }
+#: what a set-level entry may not have (it names a function instead of an expression)
+_EXPRESSION_FIELDS = ("expression", "let")
+_IMPLEMENTATION = re.compile(r"^autoloss(\.[a-z_][a-z0-9_]*)+:[a-z_][a-z0-9_]*$")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _MACRO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
 
@@ -84,7 +95,8 @@ class LossSpec:
     paper: str
     section: str
     signature: str
-    expression: Expr
+    #: None for a set-level loss (``implementation`` names its function)
+    expression: Optional[Expr]
     text: str
     let: tuple[tuple[str, str], ...] = ()
     #: the ``let`` helpers and the expression with helper names kept (for display)
@@ -100,6 +112,13 @@ class LossSpec:
     not_invariant: str = ""
     #: parameters with a physical dimension (``img_w``: a length)
     param_units: dict[str, Dim] = field(default_factory=dict)
+    #: a set-level loss's function, ``"module:function"`` (empty for an expression)
+    implementation: str = ""
+
+    @property
+    def compiles(self) -> bool:
+        """An expression the compiler turns into code (kinds E and B), not a function (S)."""
+        return self.expression is not None
 
     @property
     def invariant(self) -> Optional[bool]:
@@ -113,14 +132,19 @@ class LossSpec:
         return {k: p.default for k, p in self.params.items()}
 
     def latex(self) -> str:
-        """LaTeX of the helpers and the loss, one equation per line."""
+        """LaTeX of the helpers and the loss, one equation per line (empty for a set-level
+        loss, which is a function)."""
         from .symbolic import latex
 
+        if not self.compiles:
+            return ""
         return "\n".join(f"{latex(E.Var(name)) if name != 'loss' else 'L'} = {latex(e)}"
                           for name, e in self.display)
 
     def formula(self) -> str:
         """The loss as written: helpers first, then the expression."""
+        if not self.compiles:
+            return f"loss = {self.implementation}(...)  # set-level, hand-written backward"
         lines = [f"{name} = {body}" for name, body in self.let]
         lines.append(f"loss = {self.text}")
         return "\n".join(lines)
@@ -240,11 +264,12 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     if unknown:
         fld = sorted(unknown)[0]
         fail(fld, f"unknown field; {did_you_mean(fld, _ENTRY_FIELDS)}")
+    set_level = body.get("kind") == "S"
     for fld, required in _ENTRY_FIELDS.items():
-        if required and fld not in body:
+        if required and fld not in body and not (set_level and fld == "expression"):
             fail(fld, "is required")
     for fld in ("title", "paper", "section", "signature", "expression", "reference", "notes",
-                "kind", "not_invariant"):
+                "kind", "not_invariant", "implementation"):
         if fld in body and not isinstance(body[fld], str):
             fail(fld, f"must be a string, got {type(body[fld]).__name__}")
     if body["section"] not in subsections:
@@ -278,6 +303,8 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
                                         f"{', '.join(UNIT_NAMES)}")
             param_units[pname] = UNIT_NAMES[spec["unit"]]
     params.update(own)
+    if kind == "S" or "implementation" in body:
+        return _set_level(where, loss_id, body, name, signature, kind, own, props, fail)
 
     macros: dict[str, Macro] = {}
     lets = body.get("let", {})
@@ -343,6 +370,45 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
         properties=tuple(props), reference=body.get("reference", ""),
         notes=body.get("notes", ""), kind=kind, file=name, display=tuple(display),
         not_invariant=not_invariant, param_units=param_units,
+    )
+
+
+def _set_level(where, loss_id, body, name, signature, kind, own, props, fail) -> LossSpec:
+    """A set-level entry: a hand-written function, checked to exist and take the params."""
+    import importlib
+    import inspect
+
+    if kind != "S":
+        fail("implementation", "only a set-level loss (kind = \"S\") names a function; an "
+                               "elementwise or batch-level loss is an expression")
+    for fld in _EXPRESSION_FIELDS:
+        if fld in body:
+            fail(fld, "a set-level loss (kind \"S\") is a function, not an expression: drop "
+                      "the field and name the function with implementation = \"module:function\"")
+    text = body.get("implementation")
+    if text is None:
+        fail("implementation", "is required for a set-level loss (kind \"S\"), e.g. "
+                               "\"autoloss.ranking:ap_loss\"")
+    if not _IMPLEMENTATION.match(text):
+        fail("implementation", f"{text!r} must be 'autoloss.<module>:<function>' (a function "
+                               "shipped with autoloss)")
+    module, _, function = text.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as err:
+        fail("implementation", f"cannot load {text!r}: {err}")
+    accepted = list(inspect.signature(fn).parameters)
+    for pname in own:
+        if pname not in accepted[2:]:
+            fail(f"params.{pname}", f"{text} takes no keyword {pname!r}; it takes "
+                                    f"{', '.join(accepted[2:]) or 'none'}")
+    if body.get("not_invariant"):
+        fail("not_invariant", "a set-level loss takes logits: drop the field")
+    return LossSpec(
+        id=loss_id, title=body["title"], paper=body["paper"], section=body["section"],
+        signature=signature.name, expression=None, text=text, params=own,
+        properties=tuple(props), reference=body.get("reference", ""),
+        notes=body.get("notes", ""), kind=kind, file=name, implementation=text,
     )
 
 

@@ -26,10 +26,12 @@ class UnsupportedKindError(AutolossError, ValueError):
 
 
 def require_kind(kind: str, by: str) -> None:
-    """Refuse set-level (S) losses: they need a hand-written backward over the whole set."""
+    """Refuse set-level (S) losses where only expressions go: an S loss is a hand-written
+    function over the whole set (the zoo and the proxies call it; nothing compiles it)."""
     if kind == "S":
         raise UnsupportedKindError(
-            f"set-level losses need a hand-written backward; not supported yet by {by}")
+            f"set-level losses are hand-written functions over the whole batch, not "
+            f"expressions; not supported by {by}")
     if kind not in ("E", "B"):
         raise UnsupportedKindError(f"{by}: kind must be 'E', 'B' or 'S', got {kind!r}")
 

@@ -25,8 +25,10 @@ from .signatures import SIGNATURES
 
 
 def resolve_loss(text: str, accepted: Sequence[str], name: str = "loss",
-                 params: Optional[Mapping[str, float]] = None) -> CompiledLoss:
-    """A zoo id, ``expression`` or ``signature:expression`` -> a compiled loss.
+                 params: Optional[Mapping[str, float]] = None
+                 ) -> CompiledLoss | zoo.SetLevelLoss:
+    """A zoo id, ``expression`` or ``signature:expression`` -> a compiled loss (or, for a
+    set-level zoo id, its :class:`~autoloss.zoo.SetLevelLoss`).
 
     ``accepted`` are the signatures the slot takes, tried in order for a bare expression;
     ``params`` declares named parameters an expression may use (name -> default).
@@ -39,7 +41,7 @@ def resolve_loss(text: str, accepted: Sequence[str], name: str = "loss",
         if spec.signature not in accepted:
             raise AutolossError(f"zoo loss {text!r} has signature {spec.signature!r}; this slot "
                                 f"takes {' or '.join(accepted)}")
-        return zoo.compiled(text)
+        return zoo.loss(text)
     head, sep, rest = text.partition(":")
     if sep and head.strip() in SIGNATURES:
         candidates, text = [head.strip()], rest

@@ -8,15 +8,22 @@
 (title, paper, survey section, signature, expression, defaults), ``build(id, ...)`` a
 ``torch.nn.Module`` whose ``forward`` takes the signature's inputs in order (plus
 optional per-element ``weight`` and ``avg_factor`` as mmdetection's losses take them).
+
+A set-level (kind S) entry, e.g. ``ap_loss``, is a hand-written function over the whole
+batch: ``loss(id)`` gives it as a :class:`SetLevelLoss` (called like a compiled loss, one
+value per batch), ``build`` as a module; ``compiled`` refuses it.
 """
 from __future__ import annotations
+
+import importlib
+import inspect
 
 import torch
 
 from . import catalog
 from .catalog import LossSpec
 from .compiler import CompiledLoss, compile_loss
-from .errors import UnknownNameError, did_you_mean, require_kind
+from .errors import SignatureError, UnknownNameError, did_you_mean, require_kind
 from .signatures import get as get_signature
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -40,6 +47,71 @@ def compiled(loss_id: str) -> CompiledLoss:
                         kind=spec.kind)
 
 
+class SetLevelLoss:
+    """A set-level zoo loss (kind S): its hand-written function, called as a compiled loss
+    is, on the signature's inputs (``logits`` (N, C), ``target`` (N, C) for ``sigmoid``).
+
+    The inputs are flattened to one element per (anchor, class) pair, as the ranking losses'
+    official implementations take them; a function whose second argument is ``labels``
+    gets ``target > 0`` (a quality target counts as positive), one taking ``targets`` gets
+    the targets themselves (Rank & Sort sorts positives by them). The value is one number
+    for the batch, already normalised as its paper normalises it (by the positives), so
+    ``reduction`` is ``"mean"`` or ``"sum"`` alike and nothing is divided again
+    (``normalised``); per-element values, weights and ``avg_factor`` do not exist for it.
+    """
+
+    kind = "S"
+    normalised = True
+
+    def __init__(self, spec: LossSpec):
+        module, _, function = spec.implementation.partition(":")
+        self.fn = getattr(importlib.import_module(module), function)
+        self.spec = spec
+        self.name = spec.id
+        self.signature = get_signature(spec.signature)
+        self.params = dict(spec.params)
+        self.defaults = spec.defaults
+        self.binary = list(inspect.signature(self.fn).parameters)[1] == "labels"
+
+    def values(self, params) -> dict[str, float]:
+        out = dict(self.defaults)
+        for k, v in params.items():
+            if k not in out:
+                raise UnknownNameError(f"{self.name}: unknown parameter {k!r}; "
+                                       f"{did_you_mean(k, out) if out else 'it takes none'}")
+            out[k] = float(v)
+        return out
+
+    def __call__(self, *inputs, reduction: str = "mean", weight=None, avg_factor=None,
+                 **params) -> torch.Tensor:
+        if reduction not in ("mean", "sum"):
+            raise SignatureError(f"{self.name}: a set-level loss is one value for the whole "
+                                 f"batch; reduction must be 'mean' or 'sum', got {reduction!r}")
+        if weight is not None or avg_factor is not None:
+            raise SignatureError(f"{self.name}: a set-level loss takes no per-element weight "
+                                 "or avg_factor (it normalises itself over the batch)")
+        logits, target = self.signature.check(inputs, self.name)[:2]
+        if logits.shape != target.shape:
+            raise SignatureError(f"{self.name}: 'logits' and 'target' must have the same shape, "
+                                 f"got {list(logits.shape)} and {list(target.shape)}")
+        target = target.reshape(-1)
+        if self.binary:
+            target = (target > 0).to(logits.dtype)
+        return self.fn(logits.reshape(-1), target, **self.values(params))
+
+    def __repr__(self) -> str:
+        return f"SetLevelLoss({self.name!r}, {self.spec.implementation})"
+
+
+def loss(loss_id: str) -> CompiledLoss | SetLevelLoss:
+    """What a proxy calls for zoo id ``loss_id``: the compiled loss, or a set-level loss's
+    function (:class:`SetLevelLoss`)."""
+    spec = get(loss_id)
+    if spec.kind == "S":
+        return SetLevelLoss(spec)
+    return compiled(loss_id)
+
+
 class ZooLoss(torch.nn.Module):
     """A zoo loss as a module; see :func:`build`."""
 
@@ -50,8 +122,10 @@ class ZooLoss(torch.nn.Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"{self.spec.id}: reduction must be one of {_REDUCTIONS}, "
                              f"got {reduction!r}")
-        self.loss = compiled(self.spec.id)
+        self.loss = loss(self.spec.id)
         self.loss.values(params)  # validates names and values now, not at the first call
+        if self.spec.kind == "S" and reduction == "none":
+            reduction = "mean"  # one value for the batch either way
         self.reduction = reduction
         self.params = {k: float(v) for k, v in params.items()}
 
@@ -94,7 +168,8 @@ def module_class(loss_id: str) -> type:
     cls = _CLASSES.get(loss_id)
     if cls is None:
         spec = get(loss_id)
-        cls = type(f"{''.join(w.title() for w in loss_id.split('_'))}Loss", (ZooLoss,),
+        stem = loss_id[:-len("_loss")] if loss_id.endswith("_loss") else loss_id
+        cls = type(f"{''.join(w.title() for w in stem.split('_'))}Loss", (ZooLoss,),
                    {"spec": spec, "__doc__": _docstring(spec), "__module__": __name__})
         _CLASSES[loss_id] = cls
     return cls
@@ -106,7 +181,8 @@ def build(loss_id: str, reduction: str = "none", **params) -> ZooLoss:
     Args:
         loss_id: a zoo id (see :func:`names`).
         reduction: ``"none"`` (per element, the signature's output shape), ``"mean"`` or
-            ``"sum"``. The mean of an empty batch is 0 with a gradient.
+            ``"sum"``. The mean of an empty batch is 0 with a gradient. A set-level loss
+            (kind S) is one value for the batch whatever the reduction.
         **params: parameter values overriding the catalog defaults (e.g. ``gamma=1.5``),
             including the signature's ``eps``.
     """

@@ -36,7 +36,7 @@ from autoloss.evaluate import evaluate
 from autoloss.proxies import CandidateFailure
 
 OUT = Path(__file__).resolve().parent / "results"
-QUALITY_CLS = {"qfl", "vfl", "cse_autoloss_b_cls"}  # trained on IoU targets, as in their papers
+QUALITY_CLS = {"qfl", "vfl", "cse_autoloss_b_cls", "rs_loss"}  # IoU targets, as in their papers
 
 
 def entries(proxy: str):

@@ -179,23 +179,82 @@ def test_catalog_checks_the_kind_against_the_expression(tmp_path):
         catalog.load(_catalog_with(tmp_path, _ENTRY.format(kind="B", expression="x * t")))
 
 
-def test_set_level_is_refused_everywhere(tmp_path, monkeypatch):
-    cat = catalog.load(_catalog_with(tmp_path, _ENTRY.format(kind="S", expression="x * t")))
-    assert cat.losses["test_kind"].kind == "S"
-    monkeypatch.setattr(catalog, "default", lambda: cat)
-    msg = "set-level losses need a hand-written backward; not supported yet by"
-    with pytest.raises(UnsupportedKindError, match=msg + " the zoo"):
-        zoo.build("test_kind")
-    with pytest.raises(UnsupportedKindError, match=msg + " export"):
-        export.zoo_provenance("test_kind")
-    expr = cat.losses["test_kind"].expression
-    with pytest.raises(UnsupportedKindError, match=msg + " the compiler"):
+_SET_LEVEL = '''
+[losses.test_set]
+title = "t"
+paper = "p"
+section = "2.5"
+signature = "sigmoid"
+kind = "S"
+{body}
+'''
+
+
+def test_a_set_level_entry_names_a_shipped_function_that_takes_its_params(tmp_path):
+    for body, msg in (
+            ('expression = "x * t"\nimplementation = "autoloss.ranking:ap_loss"',
+             "is a function, not an expression"),
+            ("", "'implementation': is required"),
+            ('implementation = "os:system"', "must be 'autoloss.<module>:<function>'"),
+            ('implementation = "autoloss.ranking:no_such"', "cannot load"),
+            ('implementation = "autoloss.ranking:ap_loss"\nparams.gamma = 2.0',
+             "takes no keyword 'gamma'; it takes delta")):
+        with pytest.raises(CatalogError, match=msg):
+            catalog.load(_catalog_with(tmp_path, _SET_LEVEL.format(body=body)))
+    with pytest.raises(CatalogError, match="only a set-level loss"):
+        catalog.load(_catalog_with(tmp_path, _ENTRY.format(kind="E", expression="x * t")
+                                   + 'implementation = "autoloss.ranking:ap_loss"\n'))
+
+
+def test_set_level_is_a_function_the_zoo_calls_and_the_compiler_refuses():
+    spec = catalog.get("ap_loss")
+    assert spec.kind == "S" and not spec.compiles and spec.latex() == ""
+    from autoloss.ranking import ap_loss
+
+    x = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    t = (torch.rand(50, 4, generator=torch.Generator().manual_seed(0)) < 0.1).double() * 0.7
+    module = zoo.build("ap_loss")  # reduction "none" is one value for the batch, too
+    value = module(x, t)
+    # flattened, the quality target counting as positive
+    torch.testing.assert_close(value, ap_loss(x.reshape(-1), (t.reshape(-1) > 0).double()))
+    (grad,) = torch.autograd.grad(value, x)
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+    with pytest.raises(Exception, match="reduction must be 'mean' or 'sum'"):
+        zoo.loss("ap_loss")(x, t, reduction="none")
+    with pytest.raises(Exception, match="no per-element weight"):
+        zoo.loss("ap_loss")(x, t, weight=torch.ones(50, 4))
+    msg = "set-level losses are hand-written functions over the whole batch, not expressions"
+    with pytest.raises(UnsupportedKindError, match=msg + ".*the zoo"):
+        zoo.compiled("ap_loss")
+    with pytest.raises(UnsupportedKindError, match=msg + ".*export"):
+        export.zoo_provenance("ap_loss")
+    expr = catalog.get("focal").expression
+    with pytest.raises(UnsupportedKindError, match=msg + ".*the compiler"):
         compiler.compile_loss(expr, "sigmoid", kind="S")
     x, t = next(_cases())[1:3]
-    with pytest.raises(UnsupportedKindError, match=msg + " the population evaluator"):
+    with pytest.raises(UnsupportedKindError, match=msg + ".*the population evaluator"):
         PopulationEvaluator("sigmoid", (x, t), kind="S")
-    with pytest.raises(UnsupportedKindError, match=msg + " the search filters"):
+    with pytest.raises(UnsupportedKindError, match=msg + ".*the search filters"):
         FilterBank({"cls": "sigmoid"}, kind="S")
+
+
+def test_rank_and_sort_gets_the_quality_targets():
+    from autoloss.ranking import rs_loss
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    t = (torch.rand(40, 3, generator=g) < 0.2).double() * torch.rand(40, 3, generator=g,
+                                                                      dtype=torch.float64)
+    torch.testing.assert_close(zoo.loss("rs_loss")(x, t), rs_loss(x.reshape(-1), t.reshape(-1)))
+
+
+def test_proxies_take_a_set_level_loss_as_it_normalises_itself():
+    from autoloss.evaluate import evaluate
+
+    res = evaluate("clssim", {"cls": "ap_loss"}, seeds=[0], scale=0.03, budget=8)
+    assert 0.0 <= res.values[0] <= 1.0
+    res = evaluate("digits", {"cls": "dr_loss", "reg": "giou"}, seeds=[0], scale=0.02, budget=4)
+    assert 0.0 <= res.values[0] <= 1.0
 
 
 def test_zoo_module_has_reset():

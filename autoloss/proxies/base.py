@@ -96,6 +96,15 @@ def check_losses(proxy: Proxy, losses: Mapping[str, Callable]) -> None:
                                 f"{' or '.join(repr(a) for a in accepted)} loss, got a {sig!r} loss")
 
 
+def per_positive(loss: Callable, *inputs, num_pos: float) -> torch.Tensor:
+    """The loss summed over the batch and divided by the number of positives (RetinaNet's
+    normalisation), or, for a loss that normalises itself over the whole batch (a set-level
+    loss such as AP-Loss: ``loss.normalised``), its value as it is."""
+    if getattr(loss, "normalised", False):
+        return loss(*inputs, reduction="mean")
+    return loss(*inputs, reduction="sum") / num_pos
+
+
 def slot_signatures(proxy: Proxy, slot: str) -> tuple[str, ...]:
     """The signatures a slot accepts (a slot may take several, e.g. box or coord)."""
     value = proxy.slots[slot]

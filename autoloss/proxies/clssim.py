@@ -8,7 +8,8 @@ evidence u * (w_obj + w_class) plus Gaussian noise, so scores must rank positive
 hard negatives while the easy ones are plentiful. A 16-32-C MLP (C = 4 classes, sigmoid,
 RetinaNet's prior-probability bias 0.01) is trained with Adam for a fixed number of steps
 on batches of 8,192 anchors, the loss summed and normalised by the number of positives as
-in RetinaNet. The primary metric is the mean AP over classes on held-out anchors.
+in RetinaNet (a set-level loss, e.g. AP-Loss, normalises itself). The primary metric is
+the mean AP over classes on held-out anchors.
 
 With ``quality=True`` the positives' targets are their IoU quality u (QFL/VFL style);
 AP is always computed against the binary labels.
@@ -30,7 +31,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .base import Metrics, check_losses, finite, no_report, seeded
+from .base import Metrics, check_losses, finite, no_report, per_positive, seeded
 
 CLASSES = 4
 FEATURES = 16
@@ -105,7 +106,7 @@ class ClsSim:
         for step in range(1, steps + 1):
             idx = torch.randint(0, n, (self.batch,), generator=g)
             num_pos = max(1.0, float(onehot[idx].sum()))
-            value = loss(model(x[idx]), target[idx], reduction="sum") / num_pos
+            value = per_positive(loss, model(x[idx]), target[idx], num_pos=num_pos)
             finite(value, f"the loss at step {step}")
             opt.zero_grad()
             value.backward()

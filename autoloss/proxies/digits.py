@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CandidateFailure, Metrics, check_losses, finite, no_report, seeded
+from .base import (CandidateFailure, Metrics, check_losses, finite, no_report, per_positive,
+                   seeded)
 from ..signatures import SIGNATURES, box_regression
 from .geometry import aligned_iou, box_iou
 
@@ -344,8 +345,8 @@ class Digits:
         target = torch.zeros(n * p, c)
         pos_rows = pos.nonzero()[:, 0]
         target[pos_rows, gt_classes] = quality.clamp(min=1e-6) if self.cls_target == "iou" else 1.0
-        total = self.weights["cls"] * losses["cls"](cls.reshape(-1, c), target,
-                                                    reduction="sum") / num_pos
+        total = self.weights["cls"] * per_positive(losses["cls"], cls.reshape(-1, c), target,
+                                                   num_pos=num_pos)
         reg_inputs = SIGNATURES[reg_signature].from_detector(d, flat_pts, gt_boxes, STRIDE)
         reg = losses["reg"](*reg_inputs, reduction="sum")
         total = total + self.weights["reg"] * reg / num_pos

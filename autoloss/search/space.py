@@ -430,14 +430,18 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
         _fail(file, table, "mode", "must be 'tree' (search expressions) or 'params' (tune a zoo "
                                    "loss's parameters)")
     seeds = body.get("seeds", [])
-    if seeds == "zoo":  # the ones a search may build on: well-dimensioned
-        seeds = [s.id for s in catalog.of_signature(signature) if s.invariant is not False]
+    if seeds == "zoo":  # the ones a search may build on: well-dimensioned expressions
+        seeds = [s.id for s in catalog.of_signature(signature)
+                 if s.invariant is not False and s.compiles]
     if not isinstance(seeds, list) or not all(isinstance(s, str) for s in seeds):
         _fail(file, table, "seeds", "must be a list of zoo ids or \"zoo\"")
     for s in seeds:
         if s not in catalog.default().losses:
             _fail(file, table, "seeds", f"unknown zoo id {s!r}; "
                                         f"{did_you_mean(s, catalog.default().losses)}")
+        if not catalog.default().losses[s].compiles:
+            _fail(file, table, "seeds", f"{s!r} is a set-level loss (a hand-written function); "
+                                        "a search evolves expressions: seed it with those")
         if catalog.get(s).signature != signature:
             _fail(file, table, "seeds", f"zoo loss {s!r} has signature "
                                         f"{catalog.get(s).signature!r}, not {signature!r}")
