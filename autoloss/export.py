@@ -102,8 +102,9 @@ class _Fused(torch.autograd.Function):
 
 
 def _needs(compiled: CompiledLoss) -> list[bool]:
-    """The exported fused gradient covers the prediction-side columns (input 0)."""
-    return [i == 0 for i in compiled.signature.column_input]
+    """The exported fused gradient covers the prediction-side columns: those computed
+    from input 0 (alone, or with others, as rbox's intersection area)."""
+    return [0 in sources for sources in compiled.signature.column_sources]
 
 
 def to_source(compiled: CompiledLoss, name: Optional[str] = None,

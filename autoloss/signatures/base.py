@@ -100,8 +100,9 @@ class Signature:
     prepare: Callable[..., Prepared]
     #: maps filled gradient buffers (already scaled by the incoming gradient) to input grads
     backward: Callable[[Prepared, list[Optional[Tensor]]], list[Optional[Tensor]]]
-    #: which input each column's gradient flows to (index), None: no gradient
-    column_input: tuple[Optional[int], ...]
+    #: which input each column's gradient flows to: an index, a tuple of indices for a
+    #: column computed from several inputs (rbox's intersection area), None: no gradient
+    column_input: tuple[Optional[int] | tuple[int, ...], ...]
     #: where each column's gradient is written: (buffer, column of the buffer or None: all)
     grad_slots: tuple[tuple[int, Optional[int]], ...]
     sample: Callable[..., tuple]
@@ -138,6 +139,13 @@ class Signature:
     @property
     def definitions(self) -> dict[str, Expr]:
         return {n: t.definition for n, t in self.terminals.items() if t.definition is not None}
+
+    @functools.cached_property
+    def column_sources(self) -> tuple[tuple[int, ...], ...]:
+        """The inputs each column's gradient flows to (``column_input`` as tuples; empty:
+        none). A column needs a gradient when any of its inputs does."""
+        return tuple(() if i is None else (i,) if isinstance(i, int) else tuple(i)
+                     for i in self.column_input)
 
     @functools.cached_property
     def buffer_columns(self) -> tuple[tuple[int, ...], ...]:
