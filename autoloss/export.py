@@ -148,6 +148,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
             "_value_tensor_params", compiled.columns, values, [("loss", compiled.graph)],
             compiled.names, tensor_params=set(own))
     args, body = sig.export_columns
+    helpers = sig.export_helpers() + "\n\n" if sig.export_helpers is not None else ""
     call_inputs, out_shape = sig.call_inputs, sig.output
     inputs_doc = "\n".join(f"        {i.name}: {i.shape} {_text(i.doc)}" for i in sig.inputs)
     param_doc = "\n".join(
@@ -189,7 +190,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
 {vjp_src}
 {tensor_src}{batch_src}
 # ------------------------------------------------------------------------ inputs
-def _columns({args}) -> List[Tensor]:
+{helpers}def _columns({args}) -> List[Tensor]:
 {body}
 
 _NEEDS = {needs_list}

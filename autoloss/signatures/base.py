@@ -123,6 +123,10 @@ class Signature:
     #: function (e.g. ``"pred: Tensor, target: Tensor"``) and its body, which checks the
     #: shapes and returns the columns as ``prepare`` does (differentiably)
     export_columns: tuple[str, str] = ("", "")
+    #: () -> module-level TorchScript functions the glue calls (rbox: the rotated-box
+    #: geometry), as text read from their own module when an export is written, so the
+    #: shipped code is the code the search ran; None: the glue needs none
+    export_helpers: Optional[Callable[[], str]] = None
     #: (steps, m, generator) -> inputs of ``len(steps)`` blocks of ``m`` rows, block k a
     #: prediction at distance steps[k] from its target (0: perfect, 1: far); None: the
     #: convergence filter skips the signature

@@ -27,9 +27,11 @@ from .base import Signature
 
 
 def _columns_function(sig):
-    """The exported ``_columns`` glue of ``sig``, as a function TorchScript can read."""
+    """The exported ``_columns`` glue of ``sig`` (after the helpers it calls), as a
+    function TorchScript can read."""
     args, body = sig.export_columns
-    source = f"def _columns({args}) -> List[Tensor]:\n{body}\n"
+    helpers = sig.export_helpers() + "\n\n" if sig.export_helpers is not None else ""
+    source = f"{helpers}def _columns({args}) -> List[Tensor]:\n{body}\n"
     filename = f"<autoloss {sig.name} export glue>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "Tensor": torch.Tensor, "List": List, "Optional": Optional,
