@@ -469,8 +469,9 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
                 _close(a, b, rtol, atol, f"{path}: gradients differ", worst, "grad")
         if compiled.signature.has_units:
             value, grads = theirs[-1]
-            worst["units"] = units.compare_scales(value, {"pred": grads[0]}, units.SCALES) \
-                or "invariant"
+            powers = [float(d.power) for d in compiled.signature.input_units(0)]
+            worst["units"] = units.compare_scales(value, {"pred": grads[0]}, units.SCALES,
+                                                  powers={"pred": powers}) or "invariant"
         reports.append(worst)
     return reports
 

@@ -168,6 +168,15 @@ class Signature:
                 out[name] = _units.infer(t.definition, out, self.param_units, memo)
         return out
 
+    def input_units(self, index: int) -> tuple[Dim, ...]:
+        """The dimension of each entry of input ``index``'s last axis (for the unit probe
+        of a gradient with respect to it): the columns taken from it alone, in the order
+        of their gradient buffer."""
+        slots = sorted((j or 0, k) for k, (sources, (_, j)) in
+                       enumerate(zip(self.column_sources, self.grad_slots))
+                       if sources == (index,))
+        return tuple(self.dims[self.columns[k]] for _, k in slots)
+
     @property
     def param_units(self) -> dict[str, Dim]:
         return {n: self.units[n] for n in self.params if n in self.units}
