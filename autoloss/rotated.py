@@ -62,44 +62,37 @@ def corners(boxes: Tensor) -> Tensor:
     return torch.stack([x, y], -1)
 
 
-def _side(r: Tensor, m_other: Tensor, d_other: Tensor, s_half: Tensor,
-          half_other: Tensor) -> Tensor:
+def _side(r: Tensor, m_other: Tensor, d_other: Tensor, half_other: Tensor) -> Tensor:
     """The length inside A of B's side on one line, measured along the other coordinate u
-    in [-half_other, half_other]. A's half-plane k (left of its directed edge k) is
-    ``u >= u_k`` or ``u <= u_k`` by the way the edge crosses the line (``s_half`` is
-    ``+-half_other`` that way), u_k = m_other + d_other r at the crossing ``r`` that clipped
-    A's edge too; so it bounds u by min(u_k, s_half) from below, max(u_k, s_half) above."""
-    u = m_other + d_other * r
-    lower = torch.minimum(u, s_half)
-    upper = torch.maximum(u, s_half)
-    u0 = torch.maximum(torch.maximum(lower[:, 0], lower[:, 1]),
-                       torch.maximum(lower[:, 2], lower[:, 3]))
-    u1 = torch.minimum(torch.minimum(upper[:, 0], upper[:, 1]),
-                       torch.minimum(upper[:, 2], upper[:, 3]))
-    return torch.relu(torch.minimum(u1, half_other) - torch.maximum(u0, -half_other))
+    in [-half_other, half_other]. The line crosses A's edge k at u_k = m_other + d_other r
+    (the crossing ``r`` that clipped A's edge too); A is the intersection of two strips,
+    between its parallel edges 0 and 2 and between 1 and 3, and a strip meets the line
+    between its two crossings."""
+    u = (d_other * r).add_(m_other)
+    u0 = torch.maximum(torch.minimum(u[:, 0], u[:, 2]), torch.minimum(u[:, 1], u[:, 3]))
+    u1 = torch.minimum(torch.maximum(u[:, 0], u[:, 2]), torch.maximum(u[:, 1], u[:, 3]))
+    return u1.clamp_(max=half_other).sub_(u0.clamp_(min=-half_other)).relu_()
 
 
 def _clip_axis(m: Tensor, d: Tensor, m_other: Tensor, d_other: Tensor, half: Tensor,
-               half_other: Tensor, tol: Tensor, ccw_sign: float) -> List[Tensor]:
+               half_other: Tensor, tol: Tensor) -> List[Tensor]:
     """A's edges ``m + t d`` (coordinates along one axis of B's frame) against B's two
     lines ``+-half`` on that axis.
 
     Returns the edges' parameter range on this axis (lo, hi; the edge is t in [-1/2, 1/2])
     and the lengths inside A of B's sides on the lines ``+half`` and ``-half``
-    (:func:`_side`). ``ccw_sign`` is the direction, along the other axis, of B's
-    counter-clockwise side on the ``+half`` line: +1 for the right side (x = hx runs up),
-    -1 for the top (y = hy runs left).
+    (:func:`_side`).
     """
-    # |d| at least tol, same sign: an edge parallel to the lines is tilted by at most tol;
-    # it meets a line it lies on at its midpoint, and lies far inside or outside otherwise
-    ds = torch.copysign(torch.maximum(d.abs(), tol), d)
+    # |d| at least tol, same sign: an edge parallel to the lines is tilted by at most tol
+    # (its opposite edge the same way: D_k+2 = -D_k); it meets a line it lies on at its
+    # midpoint, and lies far inside or outside otherwise
+    ds = torch.maximum(d.abs(), tol).copysign_(d)
     h = half.unsqueeze(-1)
-    r_p = (h - m) / ds  # the edge parameter where it meets the +half line
-    r_m = (-h - m) / ds  # ... and the -half line
-    s_half = torch.sign(ds) * (ccw_sign * half_other).unsqueeze(-1)
-    return [torch.minimum(r_p, r_m), torch.maximum(r_p, r_m),
-            _side(r_p, m_other, d_other, s_half, half_other),
-            _side(r_m, m_other, d_other, s_half, half_other)]
+    r_p = (h - m).div_(ds)  # the edge parameter where it meets the +half line
+    r_m = (m + h).div_(ds).neg_()  # ... and the -half line
+    plus = _side(r_p, m_other, d_other, half_other)
+    minus = _side(r_m, m_other, d_other, half_other)
+    return [torch.minimum(r_p, r_m), r_p.clamp_(min=r_m), plus, minus]
 
 
 def _frame(pred: Tensor, target: Tensor) -> List[Tensor]:
@@ -114,7 +107,8 @@ def _frame(pred: Tensor, target: Tensor) -> List[Tensor]:
 def intersection_terms(pred: Tensor, target: Tensor) -> List[Tensor]:
     """The geometry, without autograd: the uncapped intersection area (the Green sum), then
     its partial derivatives with respect to A's centre (cx, cy) and angle in B's frame
-    (:func:`_frame`) and the four sizes (wa, ha, wb, hb). Pass detached inputs."""
+    (:func:`_frame`) and the four sizes (wa, ha, wb, hb). Pass detached inputs: it works
+    in place, without autograd (:func:`intersection_from_terms` carries the gradient)."""
     wa, ha, wb, hb = pred[:, 2], pred[:, 3], target[:, 2], target[:, 3]
     fr = _frame(pred, target)
     cx, cy = fr[0], fr[1]
@@ -132,24 +126,25 @@ def intersection_terms(pred: Tensor, target: Tensor) -> List[Tensor]:
     floor = rel * rel * (cx.abs() + cy.abs() + wa.abs() + ha.abs() + wb.abs() + hb.abs()) + 1e-30
     tw, th = rel * wa.abs() + floor, rel * ha.abs() + floor
     tol = torch.stack([tw, th, tw, th], -1)
-    ax = _clip_axis(mx, ddx, my, ddy, wb / 2, hb / 2, tol, 1.0)
-    ay = _clip_axis(my, ddy, mx, ddx, hb / 2, wb / 2, tol, -1.0)
-    # A's edges inside B: t in [t0, t1], a fraction frac of each edge
-    t0 = torch.clamp(torch.maximum(ax[0], ay[0]), min=-0.5)
-    t1 = torch.clamp(torch.minimum(ax[1], ay[1]), max=0.5)
-    frac = torch.relu(t1 - t0)
+    ax = _clip_axis(mx, ddx, my, ddy, wb / 2, hb / 2, tol)
+    ay = _clip_axis(my, ddy, mx, ddx, hb / 2, wb / 2, tol)
+    # A's edges inside B: t in [t0, t1], a fraction frac of each edge (in place: the
+    # geometry runs without autograd, and fresh memory costs more than the arithmetic)
+    t0 = ax[0].clamp_(min=ay[0]).clamp_(min=-0.5)
+    t1 = ax[1].clamp_(max=ay[1]).clamp_(max=0.5)
+    frac = (t1 - t0).relu_()
     # Green: cross(M_k, D_k) = cross(c, D_k) + 2 cross(ex, ey), cross(ex, ey) = wa ha / 4;
     # B's sides inside A, each weighted by its distance from the origin
-    cross = cx.unsqueeze(-1) * ddy - cy.unsqueeze(-1) * ddx
+    cross = (ddy * cx.unsqueeze(-1)).sub_(ddx * cy.unsqueeze(-1))
     vertical, horizontal = ax[2] + ax[3], ay[2] + ay[3]
-    raw = (0.5 * (frac * cross).sum(-1) + 0.25 * wa * ha * frac.sum(-1)
+    raw = (0.5 * cross.mul_(frac).sum(-1) + 0.25 * wa * ha * frac.sum(-1)
            + wb / 4 * vertical + hb / 4 * horizontal)
     # its derivatives (Reynolds: the normal speed of the moving boundary, integrated over
     # the parts of it that bound the intersection; the outward normal of A's edge k times
     # its length is (D_ky, -D_kx), a point at t moves at t |D_k|^2 when A turns)
-    d_cx = (frac * ddy).sum(-1)
-    d_cy = -(frac * ddx).sum(-1)
-    turn = frac * (t0 + t1)
+    d_cx = ddy.mul_(frac).sum(-1)
+    d_cy = -ddx.mul_(frac).sum(-1)
+    turn = t0.add_(t1).mul_(frac)
     d_angle = -0.5 * (wa * wa * (turn[:, 0] + turn[:, 2]) + ha * ha * (turn[:, 1] + turn[:, 3]))
     d_wa = 0.5 * ha * (frac[:, 1] + frac[:, 3])
     d_ha = 0.5 * wa * (frac[:, 0] + frac[:, 2])
