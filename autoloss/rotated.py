@@ -160,7 +160,7 @@ def intersection_from_terms(terms: List[Tensor], pred: Tensor, target: Tensor) -
     coefficients are not taken.)"""
     raw = terms[0]
     wa, ha, wb, hb = pred[:, 2], pred[:, 3], target[:, 2], target[:, 3]
-    if pred.requires_grad or target.requires_grad:
+    if (pred.requires_grad or target.requires_grad) and torch.is_grad_enabled():
         fr = _frame(pred, target)
         linear = (terms[1] * fr[0] + terms[2] * fr[1] + terms[3] * fr[2] + terms[4] * wa
                   + terms[5] * ha + terms[6] * wb + terms[7] * hb)
