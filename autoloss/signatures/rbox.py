@@ -199,8 +199,9 @@ def degenerate(dtype=torch.float64):
 
 
 def rescale(pred: Tensor, target: Tensor, s: float, shift: float):
-    scale = torch.tensor([s, s, s, s, 1.0], dtype=pred.dtype)
-    offset = torch.tensor([shift, -0.6 * shift, 0.0, 0.0, 0.0], dtype=pred.dtype)
+    scale = torch.tensor([s, s, s, s, 1.0], dtype=pred.dtype, device=pred.device)
+    offset = torch.tensor([shift, -0.6 * shift, 0.0, 0.0, 0.0], dtype=pred.dtype,
+                          device=pred.device)
     return pred * scale + offset, target * scale + offset
 
 
