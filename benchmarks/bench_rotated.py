@@ -14,8 +14,8 @@ Every speed number is a ratio of two timings taken side by side in this process
     from ready corner arrays (building the corners is not timed for shapely). shapely is
     timed on a subsample and scaled to the full count: the loop is linear in the pairs.
 (b) Robustness: 1 - riou and its gradient with respect to both boxes over many random
-    pairs, in chunks, every third chunk split among degenerate kinds (tiny, thin, zero-size, identical,
-    coincident vertices, touching on a grid, near-parallel, theta + pi, far apart);
+    pairs, in chunks, every third chunk split among degenerate kinds (tiny, thin, zero-size,
+    identical, coincident vertices, touching on a grid, near-parallel, theta + pi, far apart);
     non-finite values and gradients are counted per kind.
 """
 from __future__ import annotations

@@ -136,7 +136,8 @@ def test_gradient_matches_central_differences_on_many_pairs():
             a, b = (pred, target) if which == 0 else (target, pred)
             plus = (a + step, b) if which == 0 else (b, a + step)
             minus = (a - step, b) if which == 0 else (b, a - step)
-            numeric = (rotated.intersection_area(*plus) - rotated.intersection_area(*minus)) / (2 * h)
+            numeric = (rotated.intersection_area(*plus)
+                       - rotated.intersection_area(*minus)) / (2 * h)
             torch.testing.assert_close(grad[:, k], numeric, rtol=1e-5, atol=1e-6)
 
 
