@@ -54,6 +54,16 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
+def _template_reads(node: Expr) -> tuple[int, ...]:
+    """How often the torch template of ``node``'s op reads each argument: a template may
+    name one twice (``wrap``: ``{0} - {1} * torch.round({0} / {1})``), and the argument is
+    then bound to a variable, so it is computed once (and never overwritten twice)."""
+    if type(node) is not Call:
+        return ()
+    template = ops.REGISTRY[node.op].torch
+    return tuple(max(1, template.count("{%d}" % i)) for i in range(len(node.args)))
+
+
 class Emitter:
     """Writes straight-line code for several output expressions sharing one DAG."""
 
@@ -80,8 +90,8 @@ class Emitter:
         order = E.postorder_many(roots)
         uses: Counter = Counter()
         for node in order:
-            for child in node.children:
-                uses[child] += 1
+            for child, reads in zip(node.children, _template_reads(node)):
+                uses[child] += reads
             if type(node) is Var:
                 if node.name not in self.columns:
                     raise ExpressionError(f"generated code has no input named {node.name!r}")

@@ -387,7 +387,7 @@ class CompiledLoss:
     @property
     def source(self) -> str:
         """The generated value function and the fused value-and-gradient function."""
-        first = tuple(i == 0 for i in self.signature.column_input)
+        first = tuple(0 in sources for sources in self.signature.column_sources)
         pre = self.prepass_source
         return ((pre + "\n\n" if pre else "") + self.source_for([False] * len(first))
                 + "\n\n" + self.source_for(first))
@@ -444,8 +444,8 @@ class _FusedFunction(torch.autograd.Function):
         sig = compiled.signature
         prep = sig.prepare(compiled.name, *inputs)
         needs = tuple(
-            i is not None and inputs[i] is not None and bool(ctx.needs_input_grad[2 + i])
-            for i in sig.column_input
+            any(inputs[i] is not None and bool(ctx.needs_input_grad[2 + i]) for i in sources)
+            for sources in sig.column_sources
         )
         value, buffers = compiled.run(prep, needs, values)
         ctx.prep = prep

@@ -102,8 +102,9 @@ class _Fused(torch.autograd.Function):
 
 
 def _needs(compiled: CompiledLoss) -> list[bool]:
-    """The exported fused gradient covers the prediction-side columns (input 0)."""
-    return [i == 0 for i in compiled.signature.column_input]
+    """The exported fused gradient covers the prediction-side columns: those computed
+    from input 0 (alone, or with others, as rbox's intersection area)."""
+    return [0 in sources for sources in compiled.signature.column_sources]
 
 
 def to_source(compiled: CompiledLoss, name: Optional[str] = None,
@@ -147,6 +148,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
             "_value_tensor_params", compiled.columns, values, [("loss", compiled.graph)],
             compiled.names, tensor_params=set(own))
     args, body = sig.export_columns
+    helpers = sig.export_helpers() + "\n\n" if sig.export_helpers is not None else ""
     call_inputs, out_shape = sig.call_inputs, sig.output
     inputs_doc = "\n".join(f"        {i.name}: {i.shape} {_text(i.doc)}" for i in sig.inputs)
     param_doc = "\n".join(
@@ -188,7 +190,7 @@ def to_source(compiled: CompiledLoss, name: Optional[str] = None,
 {vjp_src}
 {tensor_src}{batch_src}
 # ------------------------------------------------------------------------ inputs
-def _columns({args}) -> List[Tensor]:
+{helpers}def _columns({args}) -> List[Tensor]:
 {body}
 
 _NEEDS = {needs_list}
@@ -467,8 +469,9 @@ def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9
                 _close(a, b, rtol, atol, f"{path}: gradients differ", worst, "grad")
         if compiled.signature.has_units:
             value, grads = theirs[-1]
-            worst["units"] = units.compare_scales(value, {"pred": grads[0]}, units.SCALES) \
-                or "invariant"
+            powers = [float(d.power) for d in compiled.signature.input_units(0)]
+            worst["units"] = units.compare_scales(value, {"pred": grads[0]}, units.SCALES,
+                                                  powers={"pred": powers}) or "invariant"
         reports.append(worst)
     return reports
 

@@ -80,7 +80,8 @@ class Op:
     #: search spaces use them only when a space lists them.
     batch: bool = False
     #: offered by a search space's default grammar (``primitives`` not given); a space may
-    #: still list it. Off for gradient control and for batch-level terms
+    #: still list it. Off for gradient control, for batch-level terms and for ``wrap``
+    #: (periodic: an angle's, which a rotated-box space lists)
     searchable: bool = True
     fn: Callable = field(init=False, repr=False, compare=False)
 
@@ -284,6 +285,13 @@ def _g_erf(a, out, g):
     two_over_sqrt_pi = 1.1283791670955126
     gauss = E.call("exp", E.neg(E.mul(a[0], a[0])))
     return (E.mul(E.mul(E.const(two_over_sqrt_pi), g), gauss),)
+
+
+def _g_wrap(a, out, g):
+    # wrap(a, p) = a - p round(a / p): round is piecewise constant, so d/da = 1 and
+    # d/dp = -round(a / p) = (wrap(a, p) - a) / p
+    E = _e()
+    return g, E.mul(g, E.div(E.sub(out, a[0]), a[1]))
 
 
 def _g_min(a, out, g):
@@ -546,6 +554,14 @@ _register(Op("where", 3, "torch.where({0} != 0, {1}, {2})",
              "where(cond, a, b): a where cond is non-zero, else b",
              math="({1} if {0} else {2})", condition=True, emit=_emit_where,
              sample=((0.0, 1.0), _ANY, _ANY), out="where", units="select"))
+
+# Periodic ------------------------------------------------------------------------------
+_register(Op("wrap", 2, "({0} - {1} * torch.round({0} / {1}))", lambda s, a, p: s.wrap(a, p),
+             _g_wrap, "a - p round(a / p): a taken modulo p into [-p/2, p/2] (an angle "
+             "difference modulo pi: wrap(dt, pi)); gradient 1 in a, -round(a / p) in p",
+             math="({0} - {1} * round({0} / {1}))",
+             guard=lambda a, p: _e().call("wrap", a, _away_from_zero(p)),
+             sample=((-8.0, 8.0), (1.0, 3.5)), units="same", searchable=False))
 
 # Comparisons (1.0 or 0.0, no gradient) ------------------------------------------------
 for _name, _sym, _rel in (

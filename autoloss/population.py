@@ -69,7 +69,8 @@ class PopulationEvaluator:
         inputs: the batch, as the signature's inputs (e.g. ``pred, target``).
         mode: ``"search"`` (guarded ops, the default for candidates) or ``"exact"``.
         grad_inputs: indices of the inputs whose column gradients :meth:`evaluate`
-            returns with ``grad=True`` (default: the first input, the prediction).
+            returns with ``grad=True`` (default: the first input, the prediction); a
+            column computed from several inputs (rbox's ``rinter``) is one of each's.
     """
 
     def __init__(self, signature: Signature | str, inputs: Sequence[torch.Tensor], *,
@@ -82,8 +83,8 @@ class PopulationEvaluator:
             self.prep = sig.prepare("population", *sig.check(tuple(inputs), "population"))
         self.mode = mode
         self.columns = {Var(n): t for n, t in zip(sig.columns, self.prep.columns)}
-        self.grad_columns = [c for c, i in zip(sig.columns, sig.column_input)
-                             if i is not None and i in set(grad_inputs)]
+        self.grad_columns = [c for c, sources in zip(sig.columns, sig.column_sources)
+                             if set(sources) & set(grad_inputs)]
         self.sig_params = {k: p.default for k, p in sig.params.items()}
         self.sig_params.update(params or {})
         ref = self.prep.columns[0]

@@ -1,7 +1,7 @@
 """Bridge between the expression IR and sympy: simplify, LaTeX, symbolic gradients.
 
 Each registry op carries its sympy form; the few functions sympy lacks (sigmoid,
-logsigmoid, softplus, stop_grad) are defined here with their derivatives and LaTeX.
+logsigmoid, softplus, stop_grad, wrap) are defined here with their derivatives and LaTeX.
 ``from_sympy`` maps a sympy expression back to the IR (used after ``simplify`` and
 ``diff``) by reading those forms backwards. Never call ``sympy.sympify`` on user text: the
 IR is built by the safe parser.
@@ -102,6 +102,27 @@ class stop_grad(sympy.Function):  # noqa: N801
         return s if exp is None else r"%s^{%s}" % (s, exp)
 
 
+class wrap(sympy.Function):  # noqa: N801
+    """a - p round(a / p): ``a`` taken modulo ``p`` into [-p/2, p/2] (an angle difference
+    modulo pi). Its derivative is 1 in ``a`` and -round(a / p) = (wrap(a, p) - a) / p in
+    ``p``, away from the jumps at a / p = k + 1/2."""
+
+    nargs = 2
+    numpy = staticmethod(lambda a, p: a - p * _np().round(a / p))
+
+    def fdiff(self, argindex=1):
+        a, p = self.args
+        return sympy.Integer(1) if argindex == 1 else (self - a) / p
+
+    def _eval_evalf(self, prec):
+        a, p = self.args
+        return (a - p * sympy.floor(a / p + sympy.Rational(1, 2)))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        s = r"\operatorname{wrap}\left(%s, %s\right)" % tuple(printer._print(x) for x in self.args)
+        return s if exp is None else r"%s^{%s}" % (s, exp)
+
+
 class _BatchTerm(sympy.Function):
     """A batch-level term (``ops.Op.batch``): a value over the whole batch, so no value at
     one point; held fixed (zero derivative), printed as an operator."""
@@ -137,7 +158,7 @@ class batch_mean(_BatchTerm):  # noqa: N801
                          + _np().mean(x))
 
 
-_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, ghm_density, batch_mean)
+_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, wrap, ghm_density, batch_mean)
 
 #: namespace handed to the registry's sympy forms
 S = types.SimpleNamespace(**{k: getattr(sympy, k) for k in dir(sympy) if not k.startswith("_")},

@@ -280,9 +280,13 @@ def scale_probe(inputs: Sequence[torch.Tensor], rescale, scales: Sequence[float]
 
 
 def compare_scales(value: torch.Tensor, grads: Mapping[str, torch.Tensor],
-                   scales: Sequence[float], rtol: float = 1e-4) -> Optional[str]:
+                   scales: Sequence[float], rtol: float = 1e-4,
+                   powers: Optional[Mapping[str, object]] = None) -> Optional[str]:
     """Why a loss evaluated on :func:`scale_probe`'s blocks is not scale and translation
-    invariant (values equal, gradients times the scale equal), or None."""
+    invariant (values equal, gradients times the scale to the power of what they are
+    taken with respect to equal), or None. ``powers``: that length power per gradient, a
+    number or one per entry of its last dimension (an angle's is 0, an area's 2); 1 (a
+    position or a length) where not given."""
     k = len(scales)
     ref_index = list(scales).index(1.0)
     v = value.detach().double().reshape(k, -1)
@@ -296,13 +300,19 @@ def compare_scales(value: torch.Tensor, grads: Mapping[str, torch.Tensor],
     if not grads:
         return None
     names = list(grads)
-    g = torch.stack([grads[n].detach().double().reshape(k, -1) for n in names], 1)
-    g = g * torch.tensor(scales, dtype=g.dtype)[:, None, None]  # (scale, column, row)
+    scale = torch.tensor(scales, dtype=torch.float64)[:, None]
+    blocks = []
+    for n in names:
+        grad = grads[n].detach().double()
+        power = torch.as_tensor((powers or {}).get(n, 1.0), dtype=torch.float64)
+        blocks.append(grad.reshape(k, -1) * scale ** power.expand(grad.shape).reshape(k, -1))
+    g = torch.stack(blocks, 1)  # (scale, gradient, entry): the same at every scale
     ref_g = g[ref_index]
     gtol = 1e-3 * ref_g.abs() + 1e-6 * (ref_g.abs().amax(1, keepdim=True) + 1e-12)
     bad = (g - ref_g).abs() > gtol
     if bool(bad.any()):
         s, c, _ = (int(x) for x in bad.nonzero()[0])
         return (f"not scale invariant: for boxes scaled by {scales[s]:g} the gradient "
-                f"d/d{names[c]} is not 1/{scales[s]:g} times the unscaled one")
+                f"d/d{names[c]} is not 1/{scales[s]:g} times the unscaled one (for a "
+                f"position or a length; 1/{scales[s]:g}^2 for an area, 1 for an angle)")
     return None

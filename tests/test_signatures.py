@@ -18,3 +18,8 @@ class TestEverySignature(SignatureContract):
     @pytest.fixture(autouse=True)
     def _name(self, signature_name):
         self.name = signature_name
+
+
+def test_the_design_signatures_run_the_contract():
+    """The parametrized suite above covers every registered signature; these must be."""
+    assert {"box", "coord", "rbox", "sigmoid", "softmax", "dist"} <= set(SIGNATURES)

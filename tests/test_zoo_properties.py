@@ -9,12 +9,16 @@ from hypothesis import strategies as st
 from autoloss import zoo
 from autoloss.errors import SignatureError, UnknownNameError
 from autoloss.expr import ops_used
+from autoloss.signatures import get as get_signature
 from conftest import ZOO_IDS, degenerate, float_inputs, perfect, sample
 
 BOX_IDS = [i for i in ZOO_IDS if zoo.get(i).signature == "box"]
 #: losses whose eps is an absolute length (bounded_iou: mmdetection's 1e-3) hold their
-#: "zero at perfect" and "scale invariant" properties only up to eps / box size
-LOOSE = {"bounded_iou": 100.0}
+#: "zero at perfect" and "scale invariant" properties only up to eps / box size; 1 - ProbIoU
+#: is sqrt(2 eps) = 4.5e-4 at a perfect prediction (ultralytics' eps inside the Hellinger root)
+LOOSE = {"bounded_iou": 100.0, "probiou": 100.0}
+#: signatures whose inputs have units: the ones scale invariance is defined (and tested) for
+SCALED = ("box", "rbox")
 
 
 def with_property(prop):
@@ -67,16 +71,21 @@ def test_symmetric(loss_id, pair):
 
 @pytest.mark.parametrize("loss_id", with_property("scale_invariant"))
 @SETTINGS
-@given(pair=box_pairs(), scale=st.floats(0.5, 20))
-def test_scale_invariant(loss_id, pair, scale):
+@given(pair=box_pairs(), scale=st.floats(0.5, 20), seed=st.integers(0, 2 ** 16))
+def test_scale_invariant(loss_id, pair, scale, seed):
     # up to the eps in denominators (1e-7; 1e-3 in bounded_iou): boxes of a few pixels
     # or more keep it negligible
-    a, b = pair
-    a = torch.cat([a[:, :2], a[:, :2] + (a[:, 2:] - a[:, :2]).clamp(min=8.0)], 1)
-    b = torch.cat([b[:, :2], b[:, :2] + (b[:, 2:] - b[:, :2]).clamp(min=8.0)], 1)
+    signature = get_signature(zoo.get(loss_id).signature)
+    if signature.name == "box":
+        a, b = pair
+        a = torch.cat([a[:, :2], a[:, :2] + (a[:, 2:] - a[:, :2]).clamp(min=8.0)], 1)
+        b = torch.cat([b[:, :2], b[:, :2] + (b[:, 2:] - b[:, :2]).clamp(min=8.0)], 1)
+    else:  # the signature's boxes times 4 (sides of 2-32 pixels)
+        a, b = signature.rescale(*sample(signature.name, 16, seed), 4.0, 0.0)
     loss = zoo.build(loss_id)
     rtol = 1e-4 * LOOSE.get(loss_id, 1.0) ** 0.5
-    torch.testing.assert_close(loss(a * scale, b * scale), loss(a, b), rtol=rtol, atol=1e-5)
+    scaled = signature.rescale(a, b, scale, 0.0)
+    torch.testing.assert_close(loss(*scaled), loss(a, b), rtol=rtol, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss_id", with_property("zero_at_perfect"))
@@ -90,9 +99,9 @@ def test_zero_at_a_perfect_prediction(loss_id, seed):
 def test_properties_are_declared_only_where_tested(loss_id):
     spec = zoo.get(loss_id)
     if "symmetric" in spec.properties or "scale_invariant" in spec.properties:
-        assert spec.signature in ("box", "coord")
+        assert spec.signature in ("coord",) + SCALED
     if "scale_invariant" in spec.properties:
-        assert spec.signature == "box"
+        assert spec.signature in SCALED
 
 
 def _uses_stop_grad(loss_id):

@@ -1,6 +1,7 @@
 """Proxy detection tasks: cheap, deterministic stand-ins that score candidate losses.
 
-Built in: ``boxsim`` (DIoU-paper regression simulation), ``clssim`` and
+Built in: ``boxsim`` (DIoU-paper regression simulation), ``rboxsim`` (the same with
+rotated boxes), ``clssim`` and
 ``clssim_quality`` (dense imbalanced classification), ``digits`` (a small FCOS-style
 detector scored with COCO mAP). Any ``module:function`` names a user's own trainer.
 See :mod:`autoloss.proxies.base` for the contract.
@@ -17,7 +18,7 @@ __all__ = ["get", "names", "Proxy", "Metrics", "CandidateFailure", "Pruned", "pr
 
 
 def names() -> list[str]:
-    return ["boxsim", "clssim", "clssim_quality", "digits"]
+    return ["boxsim", "rboxsim", "clssim", "clssim_quality", "digits"]
 
 
 def get(name: str, **options: Any) -> Proxy:
@@ -28,6 +29,10 @@ def get(name: str, **options: Any) -> Proxy:
         from .boxsim import BoxSim
 
         return BoxSim(**options)
+    if name == "rboxsim":
+        from .rboxsim import RBoxSim
+
+        return RBoxSim(**options)
     if name in ("clssim", "clssim_quality"):
         from .clssim import ClsSim
 

@@ -187,7 +187,9 @@ class FilterBank:
             return None
         if isinstance(u, Failure):
             return Verdict(False, "compiles", u.reason)
-        problem = units.compare_scales(u.value, u.grads, units.SCALES)
+        dims = SIGNATURES[self.signatures[slot]].dims  # column gradients: 1 / its dimension
+        problem = units.compare_scales(u.value, u.grads, units.SCALES,
+                                       powers={c: float(dims[c].power) for c in u.grads})
         return Verdict(False, "units", f"{problem} (slot {slot!r})") if problem else None
 
     @staticmethod

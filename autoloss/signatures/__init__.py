@@ -7,7 +7,7 @@ See :mod:`autoloss.signatures.base` for what a signature holds.
 from __future__ import annotations
 
 from ..errors import UnknownNameError, did_you_mean
-from . import box, coord, dist, sigmoid, softmax
+from . import box, coord, dist, rbox, sigmoid, softmax
 from .base import Input, Prepared, Signature, Terminal
 
 BOX = box.SIGNATURE
@@ -15,11 +15,13 @@ COORD = coord.SIGNATURE
 SIGMOID = sigmoid.SIGNATURE
 SOFTMAX = softmax.SIGNATURE
 DIST = dist.SIGNATURE
+RBOX = rbox.SIGNATURE
 
-SIGNATURES: dict[str, Signature] = {s.name: s for s in (BOX, COORD, SIGMOID, SOFTMAX, DIST)}
+SIGNATURES: dict[str, Signature] = {s.name: s for s in (BOX, COORD, SIGMOID, SOFTMAX, DIST,
+                                                        RBOX)}
 
-__all__ = ["BOX", "COORD", "DIST", "SIGMOID", "SIGNATURES", "SOFTMAX", "Input", "Prepared",
-           "Signature", "Terminal", "box_regression", "get"]
+__all__ = ["BOX", "COORD", "DIST", "RBOX", "SIGMOID", "SIGNATURES", "SOFTMAX", "Input",
+           "Prepared", "Signature", "Terminal", "box_regression", "get"]
 
 
 def get(name: str) -> Signature:

@@ -100,8 +100,9 @@ class Signature:
     prepare: Callable[..., Prepared]
     #: maps filled gradient buffers (already scaled by the incoming gradient) to input grads
     backward: Callable[[Prepared, list[Optional[Tensor]]], list[Optional[Tensor]]]
-    #: which input each column's gradient flows to (index), None: no gradient
-    column_input: tuple[Optional[int], ...]
+    #: which input each column's gradient flows to: an index, a tuple of indices for a
+    #: column computed from several inputs (rbox's intersection area), None: no gradient
+    column_input: tuple[Optional[int] | tuple[int, ...], ...]
     #: where each column's gradient is written: (buffer, column of the buffer or None: all)
     grad_slots: tuple[tuple[int, Optional[int]], ...]
     sample: Callable[..., tuple]
@@ -122,6 +123,10 @@ class Signature:
     #: function (e.g. ``"pred: Tensor, target: Tensor"``) and its body, which checks the
     #: shapes and returns the columns as ``prepare`` does (differentiably)
     export_columns: tuple[str, str] = ("", "")
+    #: () -> module-level TorchScript functions the glue calls (rbox: the rotated-box
+    #: geometry), as text read from their own module when an export is written, so the
+    #: shipped code is the code the search ran; None: the glue needs none
+    export_helpers: Optional[Callable[[], str]] = None
     #: (steps, m, generator) -> inputs of ``len(steps)`` blocks of ``m`` rows, block k a
     #: prediction at distance steps[k] from its target (0: perfect, 1: far); None: the
     #: convergence filter skips the signature
@@ -140,6 +145,13 @@ class Signature:
         return {n: t.definition for n, t in self.terminals.items() if t.definition is not None}
 
     @functools.cached_property
+    def column_sources(self) -> tuple[tuple[int, ...], ...]:
+        """The inputs each column's gradient flows to (``column_input`` as tuples; empty:
+        none). A column needs a gradient when any of its inputs does."""
+        return tuple(() if i is None else (i,) if isinstance(i, int) else tuple(i)
+                     for i in self.column_input)
+
+    @functools.cached_property
     def buffer_columns(self) -> tuple[tuple[int, ...], ...]:
         """The columns whose gradients each gradient buffer gathers (from ``grad_slots``)."""
         count = 1 + max(b for b, _ in self.grad_slots)
@@ -155,6 +167,15 @@ class Signature:
             if t.definition is not None:
                 out[name] = _units.infer(t.definition, out, self.param_units, memo)
         return out
+
+    def input_units(self, index: int) -> tuple[Dim, ...]:
+        """The dimension of each entry of input ``index``'s last axis (for the unit probe
+        of a gradient with respect to it): the columns taken from it alone, in the order
+        of their gradient buffer."""
+        slots = sorted((j or 0, k) for k, (sources, (_, j)) in
+                       enumerate(zip(self.column_sources, self.grad_slots))
+                       if sources == (index,))
+        return tuple(self.dims[self.columns[k]] for _, k in slots)
 
     @property
     def param_units(self) -> dict[str, Dim]:

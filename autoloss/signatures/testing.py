@@ -27,9 +27,11 @@ from .base import Signature
 
 
 def _columns_function(sig):
-    """The exported ``_columns`` glue of ``sig``, as a function TorchScript can read."""
+    """The exported ``_columns`` glue of ``sig`` (after the helpers it calls), as a
+    function TorchScript can read."""
     args, body = sig.export_columns
-    source = f"def _columns({args}) -> List[Tensor]:\n{body}\n"
+    helpers = sig.export_helpers() + "\n\n" if sig.export_helpers is not None else ""
+    source = f"{helpers}def _columns({args}) -> List[Tensor]:\n{body}\n"
     filename = f"<autoloss {sig.name} export glue>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"torch": torch, "Tensor": torch.Tensor, "List": List, "Optional": Optional,
@@ -54,7 +56,8 @@ class SignatureContract:
     def test_describes_its_columns_and_gradients(self):
         sig = self.sig
         assert len(sig.column_input) == len(sig.grad_slots) == len(sig.columns)
-        assert all(i is None or 0 <= i < len(sig.inputs) for i in sig.column_input)
+        assert all(i is None or isinstance(i, (int, tuple)) for i in sig.column_input)
+        assert all(0 <= i < len(sig.inputs) for sources in sig.column_sources for i in sources)
         assert set(sig.columns) <= set(sig.terminals) and set(sig.names) == set(sig.terminals)
         assert sig.export_columns[0] and sig.export_columns[1], "no export glue"
         assert sig.call_inputs == ", ".join(i.name for i in sig.inputs)
@@ -94,19 +97,19 @@ class SignatureContract:
     def test_backward_matches_autograd_through_prepare(self):
         sig = self.sig
         inputs = list(self.inputs(seed=1))
-        wanted = sorted({i for i in sig.column_input if i is not None})
+        wanted = sorted({i for sources in sig.column_sources for i in sources})
         for i in wanted:
             inputs[i] = inputs[i].clone().requires_grad_(True)
         prep = sig.prepare("contract", *inputs)
         g = torch.Generator().manual_seed(2)
         seeds = [torch.randn(prep.out_shape, generator=g, dtype=torch.float64)
                  for _ in sig.columns]
-        total = sum((s * c).sum() for s, c, i in zip(seeds, prep.columns, sig.column_input)
-                    if i is not None)
+        total = sum((s * c).sum() for s, c, i in zip(seeds, prep.columns, sig.column_sources)
+                    if i)
         expected = torch.autograd.grad(total, [inputs[i] for i in wanted], allow_unused=True)
         buffers = []
         for b, members in enumerate(sig.buffer_columns):
-            parts = [seeds[k] if sig.column_input[k] is not None else torch.zeros_like(seeds[k])
+            parts = [seeds[k] if sig.column_sources[k] else torch.zeros_like(seeds[k])
                      for k in members]
             buffers.append(parts[0] if sig.grad_slots[members[0]][1] is None
                            else torch.stack(parts, -1))
