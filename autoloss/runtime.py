@@ -168,6 +168,15 @@ def _batch_mean(x: Tensor) -> Tensor:
     return torch.zeros_like(x) + x.detach().mean()
 
 
+def _row_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over each row (the last axis of a 2-D batch), at every element of
+    the row; a 1-D batch's row is the element. No gradient; a new tensor (never a view)."""
+    x = x.detach()
+    if x.dim() < 2:
+        return x.clone()
+    return x.mean(-1, keepdim=True).expand_as(x).contiguous()
+
+
 def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
@@ -182,5 +191,5 @@ EXPORTED_NAMES = ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "P
                   "POOLS", "pool", "FORKED", "after_fork")
 
 
-#: the batch-level functions the registry's torch forms call, by name
-BATCH = {"_ghm_density": _ghm_density, "_batch_mean": _batch_mean}
+#: the runtime functions the registry's torch forms call, by name (batch- and row-level)
+BATCH = {"_ghm_density": _ghm_density, "_batch_mean": _batch_mean, "_row_mean": _row_mean}
