@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autoloss import zoo
-from conftest import ZOO_IDS, float_inputs, sample
+from conftest import ZOO_IDS, float_inputs, sample, zoo_sample
 from reference import REFERENCES
 
 #: gradients the reference does not define the way the formula does
@@ -27,8 +27,7 @@ def _grads(out, inputs, idx, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("loss_id", ZOO_IDS)
 def test_values_and_gradients_match_reference(loss_id, seed):
-    spec = zoo.get(loss_id)
-    base = sample(spec.signature, 257, seed)
+    base = zoo_sample(loss_id, 257, seed)
     idx = float_inputs(base)
     mine = [x.clone().requires_grad_(i in idx) if i in idx else x for i, x in enumerate(base)]
     theirs = [x.clone().requires_grad_(i in idx) if i in idx else x for i, x in enumerate(base)]
@@ -46,8 +45,7 @@ def test_values_and_gradients_match_reference(loss_id, seed):
 
 @pytest.mark.parametrize("loss_id", ZOO_IDS)
 def test_float32_close_to_float64(loss_id):
-    spec = zoo.get(loss_id)
-    base = sample(spec.signature, 300, 5)
+    base = zoo_sample(loss_id, 300, 5)
     low = tuple(x.float() if x.is_floating_point() else x for x in base)
     torch.testing.assert_close(zoo.build(loss_id)(*low).double(), zoo.build(loss_id)(*base),
                                rtol=2e-4, atol=2e-5)
