@@ -147,7 +147,9 @@ def _row_mean_numpy(x):
 class row_mean(sympy.Function):  # noqa: N801
     """The mean over an element's row (``ops`` ``row_mean``): at one point, the point itself;
     held fixed (zero derivative), printed as an operator. ``lambdify`` evaluates it over
-    whole arrays, rows on the last axis."""
+    whole arrays, rows on the last axis. Caveat: sympy folds a ``Piecewise`` (a comparison)
+    out of any function inside a ``Piecewise`` condition, pointwise; a condition should test
+    the row mean of a plain quantity (``row_mean(t) > 0``, not ``row_mean(y) > 0``)."""
 
     nargs = 1
     numpy = staticmethod(_row_mean_numpy)

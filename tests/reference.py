@@ -1,10 +1,12 @@
-"""Independent reference implementations of the first-wave zoo losses.
+"""Independent reference implementations of the zoo losses.
 
 Written from the papers and from the conventions of the libraries CATALOG.md names
-(torchvision, mmdetection, the CSE-Autoloss repo, Instinct323/wiou, Jacobi93/Alpha-IoU),
-in plain eager torch with autograd, without going through autoloss. Each function takes
-the zoo's call convention and returns the unreduced loss; tests compare values and
-gradients in float64.
+(torchvision, mmdetection, mmpose, the CSE-Autoloss repo, Instinct323/wiou,
+Jacobi93/Alpha-IoU, richardaecn/class-balanced-loss, tztztztztz/eql.detectron2), in plain
+eager torch with autograd, without going through autoloss. Each function takes the zoo's
+call convention and returns the unreduced loss; tests compare values and gradients in
+float64. Private helpers (``_alpha_iou_official``) port a repository's function as it is,
+its own eps included, for the tests that check the zoo against that code itself.
 """
 from __future__ import annotations
 
@@ -336,6 +338,68 @@ def cse_autoloss_b_cls(logits, target, alpha=0.25):
     loss = -(q * ((1 + _serf(torch.sigmoid(ny))) * log_p)
              + (_sgdf(logits) + -q) * ((1 + -q) + -(1 + -p)) * log_1mp)
     return (alpha * y + (1 - alpha) * (1 - y)) * loss
+
+
+def poly1_focal(logits, target, alpha=0.25, gamma=2.0, epsilon=1.0):
+    # PolyLoss paper's poly1_focal_loss: the (alpha-balanced) focal loss plus
+    # epsilon (1 - p_t)^(gamma + 1), the epsilon term without alpha_t
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    fl = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * (1 - p_t) ** gamma
+    if alpha >= 0:
+        fl = (alpha * target + (1 - alpha) * (1 - target)) * fl
+    return fl + epsilon * (1 - p_t) ** (gamma + 1)
+
+
+def gaussian_focal(logits, target, alpha=2.0, gamma=4.0):
+    # mmdetection gaussian_focal_loss on the sigmoid of the logits (its eps 1e-12 in the logs)
+    pred, eps = torch.sigmoid(logits), 1e-12
+    pos_weights = target.eq(1)
+    neg_weights = (1 - target).pow(gamma)
+    pos_loss = -(pred + eps).log() * (1 - pred).pow(alpha) * pos_weights
+    neg_loss = -(1 - pred + eps).log() * pred.pow(alpha) * neg_weights
+    return pos_loss + neg_loss
+
+
+def class_balanced(logits, target, counts=None, freq=None, beta=0.999, gamma=2.0):
+    # richardaecn/class-balanced-loss src/cifar_main.py: weights (1 - beta) / (1 - beta^n)
+    # normalised to sum to the number of classes; a sample's C terms take its label's weight
+    # (the sum of weights over its one-hot row); the official focal_loss modulator, no alpha.
+    # Beyond the official code (which has neither): a row with several positives takes their
+    # mean weight, a background row (no positive) weight 1.
+    classes = logits.shape[1]
+    n = torch.ones(classes, dtype=logits.dtype) if counts is None else counts.detach().to(logits.dtype)
+    effective_num = 1.0 - torch.pow(beta, n)
+    weights = (1.0 - beta) / effective_num
+    weights = weights / weights.sum() * classes
+    labels = (target > 0).to(logits.dtype)
+    positives = labels.sum(1)
+    per_sample = (weights[None, :] * labels).sum(1) / positives.clamp(min=1)
+    per_sample = torch.where(positives > 0, per_sample, torch.ones_like(per_sample))
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    modulator = torch.exp(-gamma * target * logits - gamma * torch.log1p(torch.exp(-logits)))
+    return per_sample[:, None] * modulator * bce
+
+
+def eql(logits, target, counts=None, freq=None, lambda_=0.00177):
+    # tztztztztz/eql.detectron2 EQLFastRCNNOutputs.eql_loss: weight
+    # 1 - exclude_func * threshold_func * (1 - target) on the sigmoid BCE; a background
+    # sample is a row without a positive class (the official gt class C)
+    n_i, n_c = logits.shape
+    f = torch.ones(n_c, dtype=logits.dtype) if freq is None else freq.detach().to(logits.dtype)
+    labels = (target > 0).to(logits.dtype)
+    exclude = (labels.sum(1) > 0).to(logits.dtype).view(n_i, 1).expand(n_i, n_c)
+    threshold = logits.new_zeros(n_c)
+    threshold[f < lambda_] = 1
+    threshold = threshold.view(1, n_c).expand(n_i, n_c)
+    eql_w = 1 - exclude * threshold * (1 - labels)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * eql_w
+
+
+def iou_branch(logits, target):
+    # IoU-aware RetinaNet weighted_iou_regression_loss: BCE with logits of the IoU head
+    # against the IoU, which is a label (no gradient)
+    return F.binary_cross_entropy_with_logits(logits, target.detach(), reduction="none")
 
 
 def softmax_ce(logits, labels, quality=None):

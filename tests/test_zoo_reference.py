@@ -138,3 +138,71 @@ def test_dfl_minimum_at_the_split_distribution():
     best = zoo.build("dfl")(probs.log(), target)
     entropy = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
     assert best.item() == pytest.approx(entropy, rel=1e-6)
+
+
+def test_poly1_focal_is_focal_plus_the_poly_term():
+    x, t = sample("sigmoid", 200, 6)
+    torch.testing.assert_close(zoo.build("poly1_focal", epsilon=0.0)(x, t), zoo.build("focal")(x, t))
+    pt = torch.sigmoid(x) * t + (1 - torch.sigmoid(x)) * (1 - t)
+    torch.testing.assert_close(zoo.build("poly1_focal", epsilon=0.5)(x, t),
+                               zoo.build("focal")(x, t) + 0.5 * (1 - pt) ** 3)
+
+
+def test_gaussian_focal_on_binary_targets_is_unbalanced_focal():
+    # t in {0, 1}: -(1 - p)^alpha log p at t = 1, -p^alpha log(1 - p) at t = 0
+    x, t = sample("sigmoid", 200, 7)
+    binary = (t >= 1).to(t.dtype)
+    torch.testing.assert_close(zoo.build("gaussian_focal")(x, binary),
+                               zoo.build("focal", alpha=-1.0, gamma=2.0)(x, binary))
+    # soft entries are negatives, pushed down less near a centre: (1 - t)^gamma
+    soft = torch.tensor([[0.0, 0.5, 0.9]], dtype=torch.float64)
+    got = zoo.build("gaussian_focal")(torch.zeros(1, 3, dtype=torch.float64), soft)
+    torch.testing.assert_close(got, 0.25 * math.log(2) * (1 - soft) ** 4)
+
+
+def test_class_balanced_weights_by_the_effective_number():
+    beta, counts = 0.99, torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+    x = torch.tensor([[0.3, -1.0, 2.0], [1.0, 0.5, -0.5], [0.2, 0.1, -3.0],
+                      [-1.0, -2.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 0.6], [0, 0, 0]], dtype=torch.float64)
+    w = (1 - beta) / (1 - beta ** counts)
+    w = w / w.sum() * 3
+    focal = zoo.build("class_balanced", beta=beta)(x, t)  # no counts: every class alike
+    got = zoo.build("class_balanced", beta=beta)(x, t, counts)
+    row = torch.tensor([w[0], w[1], w[2], 1.0], dtype=torch.float64)  # background: 1
+    torch.testing.assert_close(got, row[:, None] * focal)
+    # equal counts are no counts; on binary targets, no counts is focal without alpha
+    torch.testing.assert_close(zoo.build("class_balanced")(x, t, torch.full((3,), 7.0,
+                                                                          dtype=torch.float64)),
+                               zoo.build("class_balanced")(x, t))
+    binary = (t > 0).to(t.dtype)
+    torch.testing.assert_close(zoo.build("class_balanced")(x, binary),
+                               zoo.build("focal", alpha=-1.0)(x, binary))
+    # integer counts are taken as they are
+    torch.testing.assert_close(zoo.build("class_balanced")(x, t, torch.tensor([1, 10, 100])),
+                               zoo.build("class_balanced")(x, t, counts))
+
+
+def test_eql_spares_rare_classes_the_negative_gradient_of_foreground_samples():
+    lam = 0.00177
+    freq = torch.tensor([1e-4, 0.5, 1e-3], dtype=torch.float64)  # classes 0 and 2 are rare
+    x = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    bce = zoo.build("bce")(x, t)
+    got = zoo.build("eql")(x, t, None, freq)
+    keep = torch.tensor([[0.0, 1.0, 0.0],    # foreground of class 1: rare 0 and 2 spared
+                         [1.0, 1.0, 0.0],    # its own class is kept even when rare
+                         [1.0, 1.0, 1.0]],   # background (exclude function 0): plain BCE
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, keep * bce)
+    torch.testing.assert_close(zoo.build("eql")(x, t), bce)  # no frequencies: none is rare
+    torch.testing.assert_close(zoo.build("eql", lambda_=1e-5)(x, t, None, freq), bce)
+    assert zoo.get("eql").defaults == {"lambda_": lam}
+
+
+def test_iou_branch_is_bce_that_leaves_the_target_alone():
+    x, t = sample("sigmoid", 60, 8)
+    q = t.clone().requires_grad_(True)
+    torch.testing.assert_close(zoo.build("iou_branch")(x, q), zoo.build("bce")(x, t))
+    (g,) = torch.autograd.grad(zoo.build("iou_branch")(x, q).sum(), q, allow_unused=True)
+    assert g is None or not g.any()
