@@ -8,7 +8,7 @@ import torch
 
 from autoloss import zoo
 from conftest import ZOO_IDS, float_inputs, sample, zoo_sample
-from reference import REFERENCES
+from reference import REFERENCES, _alpha_iou_official, _awing_mmpose
 
 #: gradients the reference does not define the way the formula does
 SKIP_GRAD = {("qfl", 1): "mmdetection builds negatives' BCE against a fresh zero tensor, "
@@ -69,6 +69,11 @@ CASES = {
     # EIoU: + (w - wg)^2 / cw^2 + (h - hg)^2 / ch^2: nested 1/4 + 1/4; adjacent h: 1/4
     "eiou": [0.0, 0.8125 + 0.5, 1.2, 1.25],
     "wiou": [0.0, 0.75 * math.exp(0.5 / 8), math.exp(1 / 5), math.exp(2 / 8)],
+    # alpha = 3. GIoU: (C - U) / C is 0, 0, 0, 1/2; the official distance penalty
+    # (dx^6 + dy^6) / (cw^6 + ch^6) is 2^-12, 1 / 65, 2^-6; all boxes are squares: v = 0
+    "alpha_giou": [0.0, 1 - 1 / 64, 1.0, 1.125],
+    "alpha_diou": [0.0, 1 - 1 / 64 + 1 / 4096, 1 + 1 / 65, 1 + 1 / 64],
+    "alpha_ciou": [0.0, 1 - 1 / 64 + 1 / 4096, 1 + 1 / 65, 1 + 1 / 64],
 }
 
 
@@ -206,3 +211,56 @@ def test_iou_branch_is_bce_that_leaves_the_target_alone():
     torch.testing.assert_close(zoo.build("iou_branch")(x, q), zoo.build("bce")(x, t))
     (g,) = torch.autograd.grad(zoo.build("iou_branch")(x, q).sum(), q, allow_unused=True)
     assert g is None or not g.any()
+
+
+@pytest.mark.parametrize("mode", ["giou", "diou", "ciou"])
+def test_alpha_iou_family_agrees_with_the_official_code(mode):
+    # the repo's own eps (1e-9 in heights and inside every power) against the zoo's (1e-7
+    # in the denominators): equal to far better than rtol 1e-4 on boxes of 0.5-8.5 px
+    pred, target = sample("box", 400, 9)
+    a, b = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    mine = zoo.build(f"alpha_{mode}")(a, target)
+    theirs = _alpha_iou_official(b, target, mode)
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-7)
+    w = torch.rand(mine.shape, generator=torch.Generator().manual_seed(0), dtype=mine.dtype)
+    torch.testing.assert_close(torch.autograd.grad((mine * w).sum(), a)[0],
+                               torch.autograd.grad((theirs * w).sum(), b)[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["giou", "diou", "ciou"])
+def test_alpha_iou_family_at_alpha_one_is_the_plain_loss(mode):
+    pred, target = sample("box", 100, 10)
+    torch.testing.assert_close(zoo.build(f"alpha_{mode}", alpha=1.0)(pred, target),
+                               zoo.build(mode)(pred, target), rtol=1e-6, atol=1e-9)
+
+
+def test_wing_by_hand():
+    omega, epsilon = 10.0, 2.0
+    c = omega - omega * math.log(1 + omega / epsilon)
+    d = torch.tensor([[0.0, 1.0, -1.0, 20.0]], dtype=torch.float64)
+    want = [0.0, omega * math.log(1.5), omega * math.log(1.5), 20.0 - c]
+    torch.testing.assert_close(zoo.build("wing")(d, torch.zeros_like(d))[0],
+                               torch.tensor(want, dtype=torch.float64))
+    # continuous at |d| = omega
+    edge = torch.tensor([[omega - 1e-9, omega, omega + 1e-9, 0.0]], dtype=torch.float64)
+    got = zoo.build("wing")(edge, torch.zeros_like(edge))[0]
+    assert abs(got[0] - got[2]) < 1e-6 and abs(got[1] - omega * math.log(6)) < 1e-6
+
+
+def test_awing_is_mmposes_on_heatmaps():
+    g = torch.Generator().manual_seed(11)
+    target = torch.rand(300, 4, generator=g, dtype=torch.float64)
+    target[:50] = 1.0
+    target[50:100] = 0.0
+    pred = target + torch.randn(300, 4, generator=g, dtype=torch.float64) * 0.4
+    a, b = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    mine = zoo.build("awing")(a, target)
+    theirs = _awing_mmpose(b, target, target)
+    torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(mine.sum(), a)[0],
+                               torch.autograd.grad(theirs.sum(), b)[0], rtol=1e-10, atol=1e-12)
+    # continuous at |d| = theta
+    t = torch.full((1, 4), 0.3, dtype=torch.float64)
+    p = t + torch.tensor([[0.5 - 1e-9, 0.5 + 1e-9, -0.5 + 1e-9, -0.5 - 1e-9]], dtype=torch.float64)
+    v = zoo.build("awing")(p, t)[0]
+    assert (v.max() - v.min()).item() < 1e-6
