@@ -341,7 +341,7 @@ class CompiledLoss:
         ref = cols[0]
         grad = any(needs)
         if ref.numel() <= 2 * runtime.CHUNK or self.backend == "inductor":
-            result = fn(*(c.contiguous() for c in cols), *values)
+            result = fn(*(runtime.dense(c) for c in cols), *values)
             if not grad:
                 return result, []
             return result[0], self._assemble(prep, needs, result[1:])

@@ -86,7 +86,7 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, params, *cols):
         if cols[0].numel() <= 2 * _CHUNK:
-            out = _value_and_grad(*[c.contiguous() for c in cols], *params)
+            out = _value_and_grad(*[_dense(c) for c in cols], *params)
             value, grads = out[0], list(out[1:])
         else:
             value = torch.empty(cols[0].shape, dtype=cols[0].dtype, device=cols[0].device)

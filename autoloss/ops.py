@@ -591,3 +591,13 @@ _register(Op("ghm_density", 2, "_ghm_density({0}, {1})",
 _register(Op("batch_mean", 1, "_batch_mean({0})", lambda s, a: s.batch_mean(a), None,
              "mean of a over the whole batch, at every element; no gradient",
              math="{0}", sample=(_ANY,), units="keep", batch=True))
+
+# Row-level terms (no gradient; each row's value depends on that row alone, so a loss using
+# them stays elementwise, kind E: the compiled code runs on whole rows) ---------------------
+_register(Op("row_mean", 1, "_row_mean({0})", lambda s, a: s.row_mean(a), None,
+             "mean of a over its row, at every element of the row: over the C classes of a "
+             "sigmoid batch (a per-class weight's mean; the share of positive classes), the "
+             "4 entries of a coord one; a one-column batch's row is the element itself. "
+             "No gradient (a per-class constant or a target goes in: class-balanced "
+             "renormalisation, EQL's foreground test)",
+             math="{0}", sample=(_ANY,), units="keep", searchable=False))

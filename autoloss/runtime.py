@@ -94,11 +94,19 @@ def serial_only(ref: Tensor) -> bool:
             or torch.is_autocast_enabled("cpu"))
 
 
+def dense(c: Tensor) -> Tensor:
+    """``c`` made contiguous for the generated code, unless it is broadcast over the rows
+    (stride 0: a per-class constant), which elementwise ops read in place as it is."""
+    if c.dim() > 0 and c.stride(0) == 0:
+        return c
+    return c.contiguous()
+
+
 def run_rows(fn, cols: List[Tensor], params, value: Tensor, grads, begin: int, end: int,
               step: int) -> None:
     for start in range(begin, end, step):
         stop = min(end, start + step)
-        out = fn(*[c[start:stop].contiguous() for c in cols], *params)
+        out = fn(*[dense(c[start:stop]) for c in cols], *params)
         if not grads:
             value[start:stop] = out
             continue
@@ -168,6 +176,15 @@ def _batch_mean(x: Tensor) -> Tensor:
     return torch.zeros_like(x) + x.detach().mean()
 
 
+def _row_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over each row (the last axis of a 2-D batch), at every element of
+    the row; a 1-D batch's row is the element. No gradient; a new tensor (never a view)."""
+    x = x.detach()
+    if x.dim() < 2:
+        return x.clone()
+    return x.mean(-1, keepdim=True).expand_as(x).contiguous()
+
+
 def source(prefix: str = "_") -> str:
     """The text below the ``EXPORTED`` marker, its names given ``prefix`` (private)."""
     text = inspect.getsource(inspect.getmodule(source)).split("# EXPORTED:", 1)[1]
@@ -178,9 +195,9 @@ def source(prefix: str = "_") -> str:
 
 
 #: the module-level names of the exported text that :func:`source` makes private
-EXPORTED_NAMES = ("CHUNK", "reduce", "run_chunks", "run_rows", "serial_only", "POOLS_LOCK",
-                  "POOLS", "pool", "FORKED", "after_fork")
+EXPORTED_NAMES = ("CHUNK", "reduce", "run_chunks", "run_rows", "dense", "serial_only",
+                  "POOLS_LOCK", "POOLS", "pool", "FORKED", "after_fork")
 
 
-#: the batch-level functions the registry's torch forms call, by name
-BATCH = {"_ghm_density": _ghm_density, "_batch_mean": _batch_mean}
+#: the runtime functions the registry's torch forms call, by name (batch- and row-level)
+BATCH = {"_ghm_density": _ghm_density, "_batch_mean": _batch_mean, "_row_mean": _row_mean}

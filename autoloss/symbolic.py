@@ -158,7 +158,38 @@ class batch_mean(_BatchTerm):  # noqa: N801
                          + _np().mean(x))
 
 
-_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, wrap, ghm_density, batch_mean)
+def _row_mean_numpy(x):
+    x = _np().asarray(x, dtype=float)
+    if x.ndim < 2:
+        return x.copy()
+    return _np().broadcast_to(x.mean(-1, keepdims=True), x.shape).copy()
+
+
+class row_mean(sympy.Function):  # noqa: N801
+    """The mean over an element's row (``ops`` ``row_mean``): at one point, the point itself;
+    held fixed (zero derivative), printed as an operator. ``lambdify`` evaluates it over
+    whole arrays, rows on the last axis. Caveat: sympy folds a ``Piecewise`` (a comparison)
+    out of any function inside a ``Piecewise`` condition, pointwise; a condition should test
+    the row mean of a plain quantity (``row_mean(t) > 0``, not ``row_mean(y) > 0``)."""
+
+    nargs = 1
+    numpy = staticmethod(_row_mean_numpy)
+
+    @classmethod
+    def eval(cls, a):
+        if a.is_number:
+            return a
+        return None
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(0)
+
+    def _latex(self, printer, exp=None):
+        s = r"\operatorname{row\_mean}\left(%s\right)" % printer._print(self.args[0])
+        return s if exp is None else r"%s^{%s}" % (s, exp)
+
+
+_CUSTOM = (sigmoid, logsigmoid, softplus, stop_grad, wrap, ghm_density, batch_mean, row_mean)
 
 #: namespace handed to the registry's sympy forms
 S = types.SimpleNamespace(**{k: getattr(sympy, k) for k in dir(sympy) if not k.startswith("_")},

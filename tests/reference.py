@@ -1,10 +1,12 @@
-"""Independent reference implementations of the first-wave zoo losses.
+"""Independent reference implementations of the zoo losses.
 
 Written from the papers and from the conventions of the libraries CATALOG.md names
-(torchvision, mmdetection, the CSE-Autoloss repo, Instinct323/wiou, Jacobi93/Alpha-IoU),
-in plain eager torch with autograd, without going through autoloss. Each function takes
-the zoo's call convention and returns the unreduced loss; tests compare values and
-gradients in float64.
+(torchvision, mmdetection, mmpose, the CSE-Autoloss repo, Instinct323/wiou,
+Jacobi93/Alpha-IoU, richardaecn/class-balanced-loss, tztztztztz/eql.detectron2), in plain
+eager torch with autograd, without going through autoloss. Each function takes the zoo's
+call convention and returns the unreduced loss; tests compare values and gradients in
+float64. Private helpers (``_alpha_iou_official``) port a repository's function as it is,
+its own eps included, for the tests that check the zoo against that code itself.
 """
 from __future__ import annotations
 
@@ -182,6 +184,77 @@ def alpha_iou(pred, target, alpha=3.0):
     return 1 - (inter / (union + EPS)) ** alpha
 
 
+def _alpha_distance_penalty(pred, target, alpha):
+    # Jacobi93/Alpha-IoU bbox_alpha_iou: each axis to 2 alpha, (|dx|^2a + |dy|^2a) /
+    # (cw^2a + ch^2a) (not the paper's (rho^2 / c^2)^alpha), lengths divided by the
+    # enclosing diagonal first as the zoo writes it (eps = 1e-7 there, not the repo's 1e-9)
+    cw, ch = _enclosing(pred, target)
+    xp, yp = _centers(pred)
+    xg, yg = _centers(target)
+    c = (cw ** 2 + ch ** 2 + EPS).sqrt()
+    b = 2 * alpha
+    return (((xg - xp).abs() / c) ** b + ((yg - yp).abs() / c) ** b) / (
+        (cw / c) ** b + (ch / c) ** b + EPS)
+
+
+def alpha_giou(pred, target, alpha=3.0):
+    # bbox_alpha_iou(GIoU=True): 1 - IoU^a + ((C - U) / C)^a with C kept >= U; eps as the
+    # zoo's IoU losses (in the denominators)
+    inter, union = _inter_union(pred, target)
+    cw, ch = _enclosing(pred, target)
+    area_c = cw * ch
+    return (1 - (inter / (union + EPS)) ** alpha
+            + ((area_c - union).clamp(min=0) / (area_c + EPS)) ** alpha)
+
+
+def alpha_diou(pred, target, alpha=3.0):
+    inter, union = _inter_union(pred, target)
+    return 1 - (inter / (union + EPS)) ** alpha + _alpha_distance_penalty(pred, target, alpha)
+
+
+def alpha_ciou(pred, target, alpha=3.0):
+    # bbox_alpha_iou(CIoU=True): + (beta v)^alpha, beta = v / (1 - IoU + v) without gradient
+    inter, union = _inter_union(pred, target)
+    iou_ = inter / (union + EPS)
+    w_p, h_p = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + EPS
+    w_g, h_g = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + EPS
+    v = (4 / math.pi ** 2) * torch.pow(torch.atan(w_g / h_g) - torch.atan(w_p / h_p), 2)
+    with torch.no_grad():
+        beta = v / (1 - iou_ + v + EPS)
+    return (1 - iou_ ** alpha + _alpha_distance_penalty(pred, target, alpha)
+            + (beta * v) ** alpha)
+
+
+def _alpha_iou_official(pred, target, mode, alpha=3.0, eps=1e-9):
+    # Jacobi93/Alpha-IoU utils/general.py bbox_alpha_iou as written (xyxy, its own eps
+    # placements), pred as box1 and target as box2 as the repo's ComputeLoss calls it;
+    # the loss is 1 minus its value
+    b1_x1, b1_y1, b1_x2, b1_y2 = pred.unbind(1)
+    b2_x1, b2_y1, b2_x2, b2_y2 = target.unbind(1)
+    inter = ((torch.min(b1_x2, b2_x2) - torch.max(b1_x1, b2_x1)).clamp(0)
+             * (torch.min(b1_y2, b2_y2) - torch.max(b1_y1, b2_y1)).clamp(0))
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou_ = torch.pow(inter / union + eps, alpha)
+    b = 2 * alpha
+    cw = torch.max(b1_x2, b2_x2) - torch.min(b1_x1, b2_x1)
+    ch = torch.max(b1_y2, b2_y2) - torch.min(b1_y1, b2_y1)
+    if mode == "giou":
+        c_area = torch.max(cw * ch + eps, union)
+        return 1 - (iou_ - torch.pow((c_area - union) / c_area + eps, alpha))
+    c2 = cw ** b + ch ** b + eps
+    rho_x = torch.abs(b2_x1 + b2_x2 - b1_x1 - b1_x2)
+    rho_y = torch.abs(b2_y1 + b2_y2 - b1_y1 - b1_y2)
+    rho2 = (rho_x ** b + rho_y ** b) / (2 ** b)
+    if mode == "diou":
+        return 1 - (iou_ - rho2 / c2)
+    v = (4 / math.pi ** 2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
+    with torch.no_grad():
+        alpha_ciou = v / ((1 + eps) - inter / union + v)
+    return 1 - (iou_ - (rho2 / c2 + torch.pow(v * alpha_ciou + eps, alpha)))
+
+
 def wiou(pred, target):
     # Instinct323/wiou _WIoU, v1 (eps added to the detached enclosing diagonal)
     inter, union = _inter_union(pred, target)
@@ -262,6 +335,31 @@ def balanced_l1(pred, target, alpha=0.5, gamma=1.5, beta=1.0):
         gamma * diff + gamma / b - alpha * beta)
 
 
+def wing(pred, target, omega=10.0, epsilon=2.0):
+    # mmpose WingLoss.criterion, per entry (mmpose then sums the coordinates)
+    delta = (target - pred).abs()
+    c = omega * (1.0 - math.log(1.0 + omega / epsilon))
+    return torch.where(delta < omega, omega * torch.log(1.0 + delta / epsilon), delta - c)
+
+
+def _awing_mmpose(pred, target, y, alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5):
+    # mmpose AdaptiveWingLoss.criterion, per entry, the exponent's heatmap value y given
+    delta = (target - pred).abs()
+    a = omega * (1 / (1 + torch.pow(theta / epsilon, alpha - y))) * (alpha - y) * (
+        torch.pow(theta / epsilon, alpha - y - 1)) * (1 / epsilon)
+    c = theta * a - omega * torch.log(1 + torch.pow(theta / epsilon, alpha - y))
+    return torch.where(delta < theta,
+                       omega * torch.log(1 + torch.pow(delta / epsilon, alpha - y)),
+                       a * delta - c)
+
+
+def awing(pred, target, alpha=2.1, omega=14.0, epsilon=1.0, theta=0.5):
+    # the exponent's y: the target held fixed and clamped into the heatmap range [0, 1]
+    # (mmpose's loss itself for targets in [0, 1]: see test_awing_is_mmposes_on_heatmaps)
+    y = target.detach().clamp(0, 1)
+    return _awing_mmpose(pred, target, y, alpha, omega, epsilon, theta)
+
+
 def bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
@@ -336,6 +434,68 @@ def cse_autoloss_b_cls(logits, target, alpha=0.25):
     loss = -(q * ((1 + _serf(torch.sigmoid(ny))) * log_p)
              + (_sgdf(logits) + -q) * ((1 + -q) + -(1 + -p)) * log_1mp)
     return (alpha * y + (1 - alpha) * (1 - y)) * loss
+
+
+def poly1_focal(logits, target, alpha=0.25, gamma=2.0, epsilon=1.0):
+    # PolyLoss paper's poly1_focal_loss: the (alpha-balanced) focal loss plus
+    # epsilon (1 - p_t)^(gamma + 1), the epsilon term without alpha_t
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    fl = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * (1 - p_t) ** gamma
+    if alpha >= 0:
+        fl = (alpha * target + (1 - alpha) * (1 - target)) * fl
+    return fl + epsilon * (1 - p_t) ** (gamma + 1)
+
+
+def gaussian_focal(logits, target, alpha=2.0, gamma=4.0):
+    # mmdetection gaussian_focal_loss on the sigmoid of the logits (its eps 1e-12 in the logs)
+    pred, eps = torch.sigmoid(logits), 1e-12
+    pos_weights = target.eq(1)
+    neg_weights = (1 - target).pow(gamma)
+    pos_loss = -(pred + eps).log() * (1 - pred).pow(alpha) * pos_weights
+    neg_loss = -(1 - pred + eps).log() * pred.pow(alpha) * neg_weights
+    return pos_loss + neg_loss
+
+
+def class_balanced(logits, target, counts=None, freq=None, beta=0.999, gamma=2.0):
+    # richardaecn/class-balanced-loss src/cifar_main.py: weights (1 - beta) / (1 - beta^n)
+    # normalised to sum to the number of classes; a sample's C terms take its label's weight
+    # (the sum of weights over its one-hot row); the official focal_loss modulator, no alpha.
+    # Beyond the official code (which has neither): a row with several positives takes their
+    # mean weight, a background row (no positive) weight 1.
+    classes = logits.shape[1]
+    n = torch.ones(classes, dtype=logits.dtype) if counts is None else counts.detach().to(logits.dtype)
+    effective_num = 1.0 - torch.pow(beta, n)
+    weights = (1.0 - beta) / effective_num
+    weights = weights / weights.sum() * classes
+    labels = (target > 0).to(logits.dtype)
+    positives = labels.sum(1)
+    per_sample = (weights[None, :] * labels).sum(1) / positives.clamp(min=1)
+    per_sample = torch.where(positives > 0, per_sample, torch.ones_like(per_sample))
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    modulator = torch.exp(-gamma * target * logits - gamma * torch.log1p(torch.exp(-logits)))
+    return per_sample[:, None] * modulator * bce
+
+
+def eql(logits, target, counts=None, freq=None, lambda_=0.00177):
+    # tztztztztz/eql.detectron2 EQLFastRCNNOutputs.eql_loss: weight
+    # 1 - exclude_func * threshold_func * (1 - target) on the sigmoid BCE; a background
+    # sample is a row without a positive class (the official gt class C)
+    n_i, n_c = logits.shape
+    f = torch.ones(n_c, dtype=logits.dtype) if freq is None else freq.detach().to(logits.dtype)
+    labels = (target > 0).to(logits.dtype)
+    exclude = (labels.sum(1) > 0).to(logits.dtype).view(n_i, 1).expand(n_i, n_c)
+    threshold = logits.new_zeros(n_c)
+    threshold[f < lambda_] = 1
+    threshold = threshold.view(1, n_c).expand(n_i, n_c)
+    eql_w = 1 - exclude * threshold * (1 - labels)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * eql_w
+
+
+def iou_branch(logits, target):
+    # IoU-aware RetinaNet weighted_iou_regression_loss: BCE with logits of the IoU head
+    # against the IoU, which is a label (no gradient)
+    return F.binary_cross_entropy_with_logits(logits, target.detach(), reduction="none")
 
 
 def softmax_ce(logits, labels, quality=None):

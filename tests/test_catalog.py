@@ -60,6 +60,17 @@ def test_defaults_follow_the_catalog():
     assert defaults["siou"]["theta"] == 4.0
     assert defaults["bounded_iou"]["beta"] == 0.2
     assert defaults["eiou_ext"]["smooth_point"] == 0.1
+    # issue 16: the expressible entries, defaults as their official code
+    more = {i: catalog.get(i).defaults for i in (
+        "poly1_focal", "gaussian_focal", "class_balanced", "eql", "alpha_giou", "alpha_diou",
+        "alpha_ciou", "wing", "awing")}
+    assert more["poly1_focal"] == {"alpha": 0.25, "gamma": 2.0, "epsilon": 1.0}
+    assert more["gaussian_focal"] == {"alpha": 2.0, "gamma": 4.0}
+    assert more["class_balanced"] == {"beta": 0.999, "gamma": 2.0}
+    assert more["eql"] == {"lambda_": 0.00177}
+    assert all(more[f"alpha_{m}"]["alpha"] == 3.0 for m in ("giou", "diou", "ciou"))
+    assert more["wing"] == {"omega": 10.0, "epsilon": 2.0}
+    assert more["awing"] == {"alpha": 2.1, "omega": 14.0, "epsilon": 1.0, "theta": 0.5}
 
 
 def test_good_file_loads(tmp_path):

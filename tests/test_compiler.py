@@ -18,7 +18,7 @@ from autoloss.parse import parse
 from autoloss.population import Failure, PopulationEvaluator, Result
 from autoloss.signatures import BOX, SIGNATURES
 from autoloss.symbolic import lambdify, symbol, to_sympy
-from conftest import ZOO_IDS, sample
+from conftest import ZOO_IDS, sample, zoo_sample
 
 
 def box_expr(text, **params):
@@ -38,7 +38,7 @@ def columns_of(signature, inputs):
 def test_compiled_agrees_with_sympy(loss_id):
     spec = zoo.get(loss_id)
     sig = SIGNATURES[spec.signature]
-    inputs = sample(spec.signature, 40, 3)
+    inputs = zoo_sample(loss_id, 40, 3)
     cols, _ = columns_of(spec.signature, inputs)
     f = lambdify(spec.expression, sig.columns, inline=sig.definitions)
     with np.errstate(all="ignore"):

@@ -11,7 +11,7 @@ import torch
 from autoloss import export, runtime, zoo
 from autoloss.errors import AutolossError, ExpressionError
 from autoloss.evaluate import resolve_loss
-from conftest import ZOO_IDS, sample
+from conftest import ZOO_IDS, sample, zoo_sample
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
@@ -38,8 +38,7 @@ def test_exported_module_matches_and_scripts(exported, loss_id):
     module = export.load(exported[loss_id])
     cls = getattr(module, module.__all__[1])
     func = getattr(module, module.__all__[0])
-    spec = zoo.get(loss_id)
-    inputs = list(sample(spec.signature, 40, 5))
+    inputs = list(zoo_sample(loss_id, 40, 5))
     a = [x.clone().requires_grad_(True) if i == 0 else x for i, x in enumerate(inputs)]
     b = [x.clone().requires_grad_(True) if i == 0 else x for i, x in enumerate(inputs)]
     mine = cls()(*a)

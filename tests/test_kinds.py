@@ -78,8 +78,9 @@ def test_ghm_c_gradcheck_with_the_density_fixed():
     # the elementwise part with the density as a fixed column: exact closed-form gradient
     assert torch.autograd.gradcheck(lambda z: loss(z, t), (x,))
     # and the fused gradient equals autograd of the generated value function
-    cols = [x, t] + loss.batch_columns([x.detach(), t], loss.values({}))
-    eager = loss.function([False, False])(*cols, *loss.values({}))
+    prep = loss.signature.prepare("test", x, t)
+    cols = list(prep.columns) + loss.batch_columns(prep.columns, loss.values({}))
+    eager = loss.function([False] * len(prep.columns))(*cols, *loss.values({}))
     (ge,) = torch.autograd.grad(eager.sum(), x)
     (gf,) = torch.autograd.grad(loss(x, t).sum(), x)
     torch.testing.assert_close(gf, ge)
@@ -88,10 +89,10 @@ def test_ghm_c_gradcheck_with_the_density_fixed():
 def test_batch_terms_are_split_from_the_elementwise_part():
     loss = zoo.compiled("ghm_c")
     assert [name for name, _ in loss.batch_terms] == ["batch0"]
-    assert loss.columns == ("x", "t", "batch0")
+    assert loss.columns == loss.signature.columns + ("batch0",)
     assert not compiler.batch_nodes(loss.graph)
     assert "_ghm_density" in loss.prepass_source and "_ghm_density" not in loss.source_for(
-        [True, False])
+        [i == 0 for i in loss.signature.column_input])
 
 
 def test_batch_mean_is_the_batch_mean_without_gradient():

@@ -10,7 +10,8 @@ from autoloss import zoo
 from autoloss.errors import SignatureError, UnknownNameError
 from autoloss.expr import ops_used
 from autoloss.signatures import get as get_signature
-from conftest import ZOO_IDS, degenerate, float_inputs, perfect, sample
+from conftest import (ZOO_IDS, degenerate, float_inputs, perfect, reads_per_class, row_inputs,
+                      sample, zoo_sample)
 
 BOX_IDS = [i for i in ZOO_IDS if zoo.get(i).signature == "box"]
 #: losses whose eps is an absolute length (bounded_iou: mmdetection's 1e-3) hold their
@@ -40,11 +41,11 @@ def box_pairs(draw, n=8):
 
 
 @st.composite
-def inputs_for(draw, signature):
+def inputs_for(draw, loss_id):
     seed = draw(st.integers(0, 2 ** 16))
-    if signature == "box":
+    if zoo.get(loss_id).signature == "box":
         return draw(box_pairs())
-    return sample(signature, 24, seed)
+    return zoo_sample(loss_id, 24, seed)
 
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -55,7 +56,7 @@ SETTINGS = settings(max_examples=40, deadline=None,
 @SETTINGS
 @given(data=st.data())
 def test_nonnegative(loss_id, data):
-    inputs = data.draw(inputs_for(zoo.get(loss_id).signature))
+    inputs = data.draw(inputs_for(loss_id))
     assert torch.all(zoo.build(loss_id)(*inputs) >= -1e-9)
 
 
@@ -91,7 +92,7 @@ def test_scale_invariant(loss_id, pair, scale, seed):
 @pytest.mark.parametrize("loss_id", with_property("zero_at_perfect"))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_zero_at_a_perfect_prediction(loss_id, seed):
-    inputs = perfect(zoo.get(loss_id).signature, seed=seed)
+    inputs = perfect(zoo.get(loss_id).signature, seed=seed, loss_id=loss_id)
     assert zoo.build(loss_id)(*inputs).abs().max().item() < 1e-5 * LOOSE.get(loss_id, 1.0)
 
 
@@ -117,8 +118,8 @@ def test_gradcheck_float64(loss_id):
     references in test_zoo_reference.
     """
     spec = zoo.get(loss_id)
-    inputs = list(sample(spec.signature, 6, 11))
-    idx = [i for i in float_inputs(inputs)]
+    inputs = list(zoo_sample(loss_id, 6, 11))
+    idx = [i for i in float_inputs(inputs) if i in row_inputs(spec.signature)]
     if spec.signature in ("sigmoid", "dist"):
         idx = [0]  # targets: the [t > 0] label and floor(y) are piecewise constant
     for i in idx:
@@ -130,8 +131,7 @@ def test_gradcheck_float64(loss_id):
 
 @pytest.mark.parametrize("loss_id", ZOO_IDS)
 def test_closed_form_gradient_matches_autograd_of_the_generated_code(loss_id):
-    spec = zoo.get(loss_id)
-    inputs = list(sample(spec.signature, 64, 12))
+    inputs = list(zoo_sample(loss_id, 64, 12))
     idx = float_inputs(inputs)
     fused = [x.clone().requires_grad_(True) if i in idx else x for i, x in enumerate(inputs)]
     eager = [x.clone().requires_grad_(True) if i in idx else x for i, x in enumerate(inputs)]
@@ -165,11 +165,12 @@ def test_degenerate_inputs_give_finite_values_and_gradients(loss_id):
 @pytest.mark.parametrize("loss_id", ZOO_IDS)
 def test_reductions_and_empty_batch(loss_id):
     spec = zoo.get(loss_id)
-    inputs = sample(spec.signature, 10, 0)
+    inputs = zoo_sample(loss_id, 10, 0)
     none = zoo.build(loss_id)(*inputs)
     torch.testing.assert_close(zoo.build(loss_id, reduction="sum")(*inputs), none.sum())
     torch.testing.assert_close(zoo.build(loss_id, reduction="mean")(*inputs), none.mean())
-    empty = [x[:0].clone() for x in inputs]
+    rows = row_inputs(spec.signature)  # per-class constants are not cut with the rows
+    empty = [x[:0].clone() if k in rows else x for k, x in enumerate(inputs)]
     idx = float_inputs(empty)
     empty[idx[0]].requires_grad_(True)
     mean = zoo.build(loss_id, reduction="mean")(*empty)
@@ -238,6 +239,32 @@ def test_wrong_classification_inputs_raise():
         zoo.build("dfl")(torch.zeros(2, 5), torch.tensor([0.5, 4.0]))
     with pytest.raises(SignatureError, match="quality"):
         zoo.build("cse_autoloss_a_cls")(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(3))
+
+
+def test_wrong_per_class_inputs_raise():
+    x, t = sample("sigmoid", 4, 0)
+    focal = zoo.build("focal")
+    with pytest.raises(SignatureError, match=r"'counts' must be a 1-D tensor of shape \(4,\)"):
+        focal(x, t, torch.ones(3, dtype=x.dtype))
+    with pytest.raises(SignatureError, match=r"'counts' must hold values positive"):
+        focal(x, t, torch.tensor([1.0, 0.0, 2.0, 3.0], dtype=x.dtype))
+    with pytest.raises(SignatureError, match=r"'freq' must hold values in \[0, 1\]"):
+        focal(x, t, None, torch.tensor([0.5, 1.5, 0.0, 0.1], dtype=x.dtype))
+    with pytest.raises(SignatureError, match="real tensor"):
+        focal(x, t, torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("loss_id", [i for i in ZOO_IDS if zoo.get(i).signature == "sigmoid"
+                                     and not reads_per_class(i)])
+def test_per_class_inputs_leave_the_other_sigmoid_losses_as_they_were(loss_id):
+    x, t, counts, freq = get_signature("sigmoid").sample(
+        50, torch.Generator().manual_seed(3), per_class=True)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    without, with_them = zoo.build(loss_id)(a, t), zoo.build(loss_id)(b, t, counts, freq)
+    assert torch.equal(without, with_them)
+    w = torch.rand(without.shape, dtype=without.dtype)
+    assert torch.equal(torch.autograd.grad((without * w).sum(), a)[0],
+                       torch.autograd.grad((with_them * w).sum(), b)[0])
 
 
 def test_docstring_carries_the_formula():

@@ -278,8 +278,9 @@ class _Probes:
         self.scaled = scaled is not None
         self.sig, self.groups = sig, groups
         self._alone: Optional[list] = None  # an evaluator per probe set, made when needed
-        joinable = all((a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
-                       for group in groups[1:] for a, b in zip(groups[0], group))
+        joinable = not any(i.per_class for i in sig.inputs) and all(
+            (a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
+            for group in groups[1:] for a, b in zip(groups[0], group))
         if joinable:
             joint = tuple(None if parts[0] is None else torch.cat(parts)
                           for parts in zip(*groups))

@@ -23,7 +23,7 @@ A search space is a TOML file in ``search_spaces/`` (or any path)::
     mode = "tree"                 # tree: search expressions; params: tune a zoo loss's parameters
     seeds = ["giou", "diou", ...] # zoo ids ("zoo": the well-dimensioned zoo losses)
     primitives = ["add", "sub", ...]
-    terminals = ["iou", ...]      # or "all"
+    terminals = ["iou", ...]      # or "all" (per-class constants only when listed)
     constants = [0.5, 1, 2, 3]
     max_depth = 7
     max_nodes = 48
@@ -461,8 +461,8 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
             _fail(file, table, "primitives", f"unknown primitive {p!r}; "
                                              f"{did_you_mean(p, ops.REGISTRY)}")
     terms = body.get("terminals", "all")
-    if terms == "all":
-        terms = sig.names
+    if terms == "all":  # per-class constants only when listed: a proxy may not pass them
+        terms = [n for n in sig.names if n not in sig.class_columns]
     if not isinstance(terms, list) or not terms:
         _fail(file, table, "terminals", "must be \"all\" or a non-empty list of terminal names")
     for t in terms:

@@ -3,7 +3,9 @@
 A :class:`Signature` holds everything autoloss knows about one kind of loss input, so a
 new signature (rotated boxes, 3D boxes, ...) is one module in this package plus its tests:
 
-* the **inputs** a loss takes (names, shapes, dtypes), checked with clear errors;
+* the **inputs** a loss takes (names, shapes, dtypes), checked with clear errors; most
+  have one row per sample, a few hold per-class constants of the dataset (``per_class``:
+  class counts, class frequencies), which become columns broadcast over the rows;
 * the **columns**: per-element tensors that compiled code receives, computed from the
   inputs by ``prepare`` (under autograd they keep their graph, which the eager path of a
   compiled loss uses), and ``export_columns``, the same in TorchScript source for an
@@ -47,6 +49,10 @@ class Input:
     shape: str  # for messages and docs, e.g. "(N, 4)"
     doc: str
     optional: bool = False
+    #: one value per class, shared by every row (a dataset constant such as class counts):
+    #: not sliced with the rows; the signature's ``sample`` returns such inputs only when
+    #: called with ``per_class=True``
+    per_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,10 @@ class Signature:
     #: (ltrb, points, gt_boxes, stride) -> the loss's inputs for a dense detector that
     #: predicts left/top/right/bottom distances from anchor points; None: not a box loss
     from_detector: Optional[Callable[..., tuple]] = None
+    #: the columns that carry per-class constants (from ``per_class`` inputs, broadcast
+    #: over the rows, no gradient). A search's default terminals leave them out: a proxy
+    #: that does not pass the constants sees their defaults
+    class_columns: tuple[str, ...] = ()
 
     @property
     def definitions(self) -> dict[str, Expr]:

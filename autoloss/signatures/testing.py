@@ -40,6 +40,11 @@ def _columns_function(sig):
     return namespace["_columns"]
 
 
+def _per_class(sig) -> list[int]:
+    """Indices of the per-class inputs (``Input.per_class``)."""
+    return [k for k, i in enumerate(sig.inputs) if i.per_class]
+
+
 class SignatureContract:
     signature: Optional[Signature] = None
     name: str = ""
@@ -50,7 +55,10 @@ class SignatureContract:
         return self.signature if self.signature is not None else get(self.name)
 
     def inputs(self, seed: int = 0, dtype=torch.float64):
-        return self.sig.sample(self.rows, torch.Generator().manual_seed(seed), dtype=dtype)
+        """A sample, with the per-class inputs where the signature takes some."""
+        extra = {"per_class": True} if _per_class(self.sig) else {}
+        return self.sig.sample(self.rows, torch.Generator().manual_seed(seed), dtype=dtype,
+                               **extra)
 
     # -- the object -------------------------------------------------------------------------
     def test_describes_its_columns_and_gradients(self):
@@ -80,6 +88,30 @@ class SignatureContract:
             assert c.dtype == dtype
         assert prep.out_shape[0] == self.rows
         assert len(prep.grad_shapes) == len(sig.buffer_columns)
+
+    def test_per_class_inputs(self):
+        """Per-class inputs are optional, one value per class, and their columns (listed in
+        ``class_columns``) are broadcast over the rows, without gradient; omitted, the
+        columns take their defaults, in ``prepare`` and in the exported glue alike."""
+        sig = self.sig
+        where = _per_class(sig)
+        if not where:
+            assert not sig.class_columns
+            pytest.skip("no per-class inputs")
+        assert all(sig.inputs[k].optional for k in where)
+        assert set(sig.class_columns) <= set(sig.columns)
+        for c in sig.class_columns:
+            assert sig.column_input[sig.columns.index(c)] is None
+        full = self.inputs()
+        rows = full[:where[0]]
+        prep = sig.prepare("contract", *rows)
+        glue = _columns_function(sig)
+        for mine, theirs in zip(glue(*rows), prep.columns):
+            torch.testing.assert_close(mine, theirs)
+        for c in prep.columns:
+            assert c.shape == prep.out_shape
+        with pytest.raises(SignatureError, match=sig.inputs[where[0]].name):
+            sig.prepare("contract", *rows, full[where[0]][:-1])
 
     def test_check_refuses_a_wrong_call(self):
         with pytest.raises(SignatureError, match=f"{self.sig.name} signature"):
