@@ -46,6 +46,8 @@ def entries(proxy: str):
     sig = sorted(s.id for s in catalog.of_signature("sigmoid"))
     if proxy == "boxsim":
         return [(b, {"reg": b}, {}) for b in box]
+    if proxy == "rboxsim":
+        return [(r, {"reg": r}, {}) for r in sorted(s.id for s in catalog.of_signature("rbox"))]
     if proxy in ("clssim", "clssim_quality"):
         return [(c, {"cls": c}, {}) for c in sig]
     if proxy == "digits":
@@ -62,7 +64,8 @@ def entries(proxy: str):
 
 
 CACHE = "leaderboard_cache.json"
-DEFAULTS = {"boxsim": {"scale": 0.1}, "clssim": {}, "clssim_quality": {}, "digits": {}}
+DEFAULTS = {"boxsim": {"scale": 0.1}, "rboxsim": {}, "clssim": {}, "clssim_quality": {},
+            "digits": {}}
 
 
 def run(proxy, label, losses, options, seeds, budget=None):
@@ -142,7 +145,7 @@ def seed_tau(rows: list[dict]) -> float:
 
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proxies", default="boxsim,clssim,digits")
+    parser.add_argument("--proxies", default="boxsim,rboxsim,clssim,digits")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fidelity-seeds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="first 4 entries per proxy")
@@ -187,8 +190,9 @@ def main(argv: list[str] | None = None):
         budget4 = 4 * budget
         jobs = [(proxy, label, losses, options, args.seeds, budget)
                 for label, losses, options in items]
-        jobs += [(proxy, label, losses, options, args.fidelity_seeds, budget4)
-                 for label, losses, options in items]
+        if args.fidelity_seeds > 0:  # 0: no fidelity runs (tau is then nan)
+            jobs += [(proxy, label, losses, options, args.fidelity_seeds, budget4)
+                     for label, losses, options in items]
         results = run_all(jobs, args.jobs, out / CACHE, cached_only=args.cached)
         rows = [r for r in results[:len(items)] if r is not None]
         longs = [r for r in results[len(items):] if r is not None]
