@@ -223,8 +223,21 @@ def test_generation_mutation_and_crossover_build_only_well_dimensioned_trees(see
     mixed = crossover(rng, parent, other, g)
     for tree in (parent, child, mixed):
         assert g.unit_error(tree) is None, E.to_infix(tree)
-    for tree in (child, mixed):  # zoo seeds may be larger than the limits; edits are not
-        assert tree == parent or (E.depth(tree) <= g.max_depth and E.size(tree) <= g.max_nodes)
+    # zoo seeds may be larger than the limits; an edit grows no larger than its parents
+    for tree, parents in ((child, (parent,)), (mixed, (parent, other))):
+        assert tree == parent or (
+            E.depth(tree) <= max([g.max_depth] + [E.depth(p) for p in parents])
+            and E.size(tree) <= max([g.max_nodes] + [E.size(p) for p in parents]))
+
+
+def test_a_seed_beyond_the_limits_still_evolves():
+    """GWD is 16 deep, beyond the rotated space's 9: its children used to fail the limits
+    and come back as the parent (a duplicate trial)."""
+    g = Grammar.of(spaces.load("rotated-regression").slots["reg"])
+    gwd = zoo.get("gwd").expression
+    assert E.depth(gwd) > g.max_depth
+    kinds = [mutate(random.Random(seed), gwd, g)[1] for seed in range(20)]
+    assert kinds.count("none") <= 2, kinds
 
 
 @pytest.mark.parametrize("text", ["1 - iou + pw * (iou / tw)", "1 - iou + rho2 * pw / (diag2 * tw)",

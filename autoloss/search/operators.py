@@ -80,9 +80,13 @@ class Grammar:
             return None
         return memo
 
-    def fits(self, node: Expr) -> bool:
-        """Within the depth and node limits, and well-dimensioned."""
-        return (E.depth(node) <= self.max_depth and E.size(node) <= self.max_nodes
+    def fits(self, node: Expr, *parents: Expr) -> bool:
+        """Within the depth and node limits, and well-dimensioned. A child of ``parents``
+        may be as deep and as large as the largest of them: a zoo seed beyond the space's
+        limits (GWD is 16 deep, KFIoU 191 nodes) still evolves, and nothing outgrows both."""
+        depth = max([self.max_depth] + [E.depth(p) for p in parents])
+        nodes = max([self.max_nodes] + [E.size(p) for p in parents])
+        return (E.depth(node) <= depth and E.size(node) <= nodes
                 and self.unit_error(node) is None)
 
     def ops_for(self, dim: Dim) -> list[str]:
@@ -211,10 +215,11 @@ def mutate(rng: random.Random, tree: Expr, grammar: Grammar, tries: int = 20) ->
     for _ in range(tries):
         kind = _pick_kind(rng)
         child = _mutate(rng, tree, grammar, kind)
-        if child is not None and child != tree and grammar.fits(child):
+        if child is not None and child != tree and grammar.fits(child, tree):
             return child, kind
     child = perturb_constants(rng, tree)
-    return (child, "constant") if child is not None and grammar.fits(child) else (tree, "none")
+    return ((child, "constant") if child is not None and grammar.fits(child, tree)
+            else (tree, "none"))
 
 
 def _mutate(rng, tree, grammar, kind) -> Optional[Expr]:
@@ -328,6 +333,6 @@ def crossover(rng: random.Random, a: Expr, b: Expr, grammar: Grammar, tries: int
             continue
         j, end_b = rng.choice(donors)
         child = E.from_prefix(list(pa[:i]) + list(pb[j:end_b]) + list(pa[end_a:]))
-        if child != a and grammar.fits(child):
+        if child != a and grammar.fits(child, a, b):
             return child
     return a
