@@ -120,7 +120,7 @@ def _values(name: str, defaults: dict[str, float], params) -> dict[str, float]:
 
 class ModuleLoss(torch.nn.Module):
     """A hand-written batch-level zoo loss (kind B naming a module class), called as a
-    compiled loss is: ``loss(*inputs, reduction="mean", weight=None, avg_factor=None,
+    compiled loss is: ``loss(*inputs, reduction="none", weight=None, avg_factor=None,
     **params)``.
 
     The class named by the entry's ``implementation`` is instantiated here, once per
@@ -153,7 +153,7 @@ class ModuleLoss(torch.nn.Module):
     def values(self, params) -> dict[str, float]:
         return _values(self.name, self.defaults, params)
 
-    def forward(self, *inputs, reduction: str = "mean", weight=None, avg_factor=None,
+    def forward(self, *inputs, reduction: str = "none", weight=None, avg_factor=None,
                 **params) -> torch.Tensor:
         if reduction not in _REDUCTIONS:
             raise SignatureError(f"{self.name}: reduction must be one of {_REDUCTIONS}, "

@@ -278,6 +278,9 @@ def test_every_hand_written_module_follows_the_zoo_conventions(loss_id):
     for reduction, reduce in (("sum", torch.sum), ("mean", torch.mean)):
         torch.testing.assert_close(zoo.build(loss_id, reduction=reduction).eval()(*inputs),
                                    reduce(zoo.build(loss_id).eval()(*inputs)))
+    # what a proxy calls: per element by default, as a compiled loss
+    torch.testing.assert_close(zoo.loss(loss_id).eval()(*inputs),
+                               zoo.build(loss_id).eval()(*inputs))
     module.reset()
     assert callable(module.loss.impl.reset)
     with pytest.raises(Exception, match="unknown parameter 'nope'"):
