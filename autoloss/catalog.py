@@ -32,6 +32,15 @@ update. Its entry names the hand-written function instead, ``implementation =
 labels (N,), or targets (N,) where its second argument is called ``targets``) and the
 entry's ``params`` as keywords, and returns one value for the batch (see
 :class:`autoloss.zoo.SetLevelLoss`).
+
+A batch-level loss whose batch terms are not an expression of the batch ops (running
+state: Seesaw's class counts, EQLv2's gradient statistics, WIoU v3's mean IoU loss; a
+hard-example mask: OHEM, SSD's hard negative mining) names a ``torch.nn.Module`` class
+instead, ``implementation = "autoloss.stateful:SeesawLoss"`` with ``kind = "B"``. The zoo
+builds one instance per zoo module, so its state (torch buffers, saved by ``state_dict``,
+forgotten by ``reset()``) is never shared; its ``forward`` takes the signature's inputs
+and the entry's ``params`` as keywords and returns the unreduced loss, which the zoo
+reduces (see :class:`autoloss.zoo.ModuleLoss`).
 """
 from __future__ import annotations
 
@@ -41,6 +50,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from . import codegen, ops
 from . import expr as E
@@ -67,7 +78,7 @@ _ENTRY_FIELDS = {
 }
 #: what a set-level entry may not have (it names a function instead of an expression)
 _EXPRESSION_FIELDS = ("expression", "let")
-_IMPLEMENTATION = re.compile(r"^autoloss(\.[a-z_][a-z0-9_]*)+:[a-z_][a-z0-9_]*$")
+_IMPLEMENTATION = re.compile(r"^autoloss(\.[a-z_][a-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _MACRO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*$")
 
@@ -112,13 +123,20 @@ class LossSpec:
     not_invariant: str = ""
     #: parameters with a physical dimension (``img_w``: a length)
     param_units: dict[str, Dim] = field(default_factory=dict)
-    #: a set-level loss's function, ``"module:function"`` (empty for an expression)
+    #: a set-level loss's function or a hand-written batch-level module's class,
+    #: ``"module:name"`` (empty for an expression)
     implementation: str = ""
 
     @property
     def compiles(self) -> bool:
-        """An expression the compiler turns into code (kinds E and B), not a function (S)."""
+        """An expression the compiler turns into code (kinds E and B), not a function (S)
+        or a hand-written module (B with an ``implementation``)."""
         return self.expression is not None
+
+    @property
+    def module(self) -> bool:
+        """A hand-written batch-level module (its class named by ``implementation``)."""
+        return self.kind == "B" and not self.compiles
 
     @property
     def invariant(self) -> Optional[bool]:
@@ -143,6 +161,9 @@ class LossSpec:
 
     def formula(self) -> str:
         """The loss as written: helpers first, then the expression."""
+        if self.module:
+            return (f"loss = {self.implementation}(...)  # hand-written module: batch terms "
+                    "from its state or a mask, no gradient through them")
         if not self.compiles:
             return f"loss = {self.implementation}(...)  # set-level, hand-written backward"
         lines = [f"{name} = {body}" for name, body in self.let]
@@ -264,9 +285,9 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     if unknown:
         fld = sorted(unknown)[0]
         fail(fld, f"unknown field; {did_you_mean(fld, _ENTRY_FIELDS)}")
-    set_level = body.get("kind") == "S"
+    hand_written = body.get("kind") == "S" or "implementation" in body
     for fld, required in _ENTRY_FIELDS.items():
-        if required and fld not in body and not (set_level and fld == "expression"):
+        if required and fld not in body and not (hand_written and fld == "expression"):
             fail(fld, "is required")
     for fld in ("title", "paper", "section", "signature", "expression", "reference", "notes",
                 "kind", "not_invariant", "implementation"):
@@ -296,7 +317,7 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
         fail("params", "must be a table of name = { default = ..., range = [lo, hi] }")
     param_units: dict[str, Dim] = {}
     for pname, spec in raw.items():
-        own[pname] = _param(where, pname, spec, signature)
+        own[pname] = _param(where, pname, spec, signature, expression=not hand_written)
         if isinstance(spec, dict) and "unit" in spec:
             if spec["unit"] not in UNIT_NAMES:
                 fail(f"params.{pname}", f"unknown unit {spec['unit']!r}; use one of "
@@ -304,7 +325,7 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
             param_units[pname] = UNIT_NAMES[spec["unit"]]
     params.update(own)
     if kind == "S" or "implementation" in body:
-        return _set_level(where, loss_id, body, name, signature, kind, own, props, fail)
+        return _implemented(where, loss_id, body, name, signature, kind, own, props, fail)
 
     macros: dict[str, Macro] = {}
     lets = body.get("let", {})
@@ -373,37 +394,55 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     )
 
 
-def _set_level(where, loss_id, body, name, signature, kind, own, props, fail) -> LossSpec:
-    """A set-level entry: a hand-written function, checked to exist and take the params."""
+def _implemented(where, loss_id, body, name, signature, kind, own, props, fail) -> LossSpec:
+    """A hand-written entry: a set-level function (kind S) or a batch-level module class
+    (kind B), checked to exist, to be of the right sort and to take the params."""
     import importlib
     import inspect
 
-    if kind != "S":
-        fail("implementation", "only a set-level loss (kind = \"S\") names a function; an "
-                               "elementwise or batch-level loss is an expression")
+    if kind not in ("S", "B"):
+        fail("implementation", "only a set-level loss (kind = \"S\", a function) or a "
+                               "hand-written batch-level module (kind = \"B\", a class) names "
+                               "an implementation; an elementwise loss is an expression")
     for fld in _EXPRESSION_FIELDS:
         if fld in body:
             fail(fld, "a set-level loss (kind \"S\") is a function, not an expression: drop "
-                      "the field and name the function with implementation = \"module:function\"")
+                      "the field and name the function with implementation = \"module:function\""
+                 if kind == "S" else
+                 "a hand-written batch-level loss is a module, not an expression: drop the "
+                 "field, or drop implementation and write the expression with batch ops")
     text = body.get("implementation")
     if text is None:
         fail("implementation", "is required for a set-level loss (kind \"S\"), e.g. "
                                "\"autoloss.ranking:ap_loss\"")
     if not _IMPLEMENTATION.match(text):
         fail("implementation", f"{text!r} must be 'autoloss.<module>:<function>' (a function "
-                               "shipped with autoloss)")
-    module, _, function = text.partition(":")
+                               "shipped with autoloss), or 'autoloss.<module>:<Class>' for a "
+                               "batch-level module")
+    module, _, attr = text.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), function)
+        obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         fail("implementation", f"cannot load {text!r}: {err}")
-    accepted = list(inspect.signature(fn).parameters)
+    is_module = inspect.isclass(obj) and issubclass(obj, torch.nn.Module)
+    if kind == "S" and not (callable(obj) and not inspect.isclass(obj)):
+        fail("implementation", f"{text} is not a function; a set-level loss (kind \"S\") "
+                               "names the function that computes it")
+    if kind == "B" and not is_module:
+        fail("implementation", f"{text} is not a torch.nn.Module class; a hand-written "
+                               "batch-level loss (kind \"B\") names its module, which keeps "
+                               "its own state")
+    if is_module:
+        # forward(self, <the signature's inputs>, *, <params>)
+        accepted = list(inspect.signature(obj.forward).parameters)[1 + len(signature.inputs):]
+    else:
+        accepted = list(inspect.signature(obj).parameters)[2:]
     for pname in own:
-        if pname not in accepted[2:]:
+        if pname not in accepted:
             fail(f"params.{pname}", f"{text} takes no keyword {pname!r}; it takes "
-                                    f"{', '.join(accepted[2:]) or 'none'}")
+                                    f"{', '.join(accepted) or 'none'}")
     if body.get("not_invariant"):
-        fail("not_invariant", "a set-level loss takes logits: drop the field")
+        fail("not_invariant", "a hand-written loss declares no unit exemption: drop the field")
     return LossSpec(
         id=loss_id, title=body["title"], paper=body["paper"], section=body["section"],
         signature=signature.name, expression=None, text=text, params=own,
@@ -417,13 +456,15 @@ def _for_display(text, names, params, macros, shown) -> Expr:
     return parse(text, names, params, macros=keep)
 
 
-def _param(where: str, name: str, spec, signature) -> Param:
+def _param(where: str, name: str, spec, signature, expression: bool = True) -> Param:
+    """A parameter table checked; ``expression``: its name must not hide a terminal (a
+    hand-written loss's keywords may reuse one, Seesaw's ``p`` and ``q``)."""
     fld = f"params.{name}"
     try:
         codegen.check_identifier(name, "parameter")
     except ExpressionError as err:
         raise CatalogError(f"{where} field {fld!r}: {err}") from None
-    if name in signature.names:
+    if expression and name in signature.names:
         raise CatalogError(f"{where} field {fld!r}: {name!r} is a terminal of the "
                            f"{signature.name!r} signature; choose another name")
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):

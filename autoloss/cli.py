@@ -99,7 +99,9 @@ def zoo_show(args) -> int:
     from . import zoo
     from .signatures import get as get_signature
     spec = catalog.get(args.id)
-    compiled = zoo.compiled(spec.id)  # a set-level (S) entry is refused with the reason
+    # a hand-written entry (a set-level function, a stateful or sampling module) has no
+    # generated source: its metadata, parameters and implementation are shown instead
+    compiled = zoo.compiled(spec.id) if spec.compiles else None
     cat = catalog.default()
     sec, sub = cat.section_of(spec)
     sig = get_signature(spec.signature)
@@ -115,19 +117,25 @@ def zoo_show(args) -> int:
         con.print(f"invariant:  {escape(_invariance(spec))} (to scaling and shifting the image)")
     if spec.reference:
         con.print(f"reference:  {escape(spec.reference)}")
-    con.print(f"hash:       {compiled.hash}")
+    if compiled is not None:
+        con.print(f"hash:       {compiled.hash}")
+    else:
+        con.print(f"implementation: {spec.implementation} (hand-written)")
     con.print()
     con.print(Panel(escape(spec.formula()), title="formula", title_align="left"))
-    con.print(Panel(escape(spec.latex()), title="LaTeX", title_align="left"))
+    if compiled is not None:
+        con.print(Panel(escape(spec.latex()), title="LaTeX", title_align="left"))
     table = Table(title="parameters", title_justify="left")
     for col in ("name", "default", "search range"):
         table.add_column(col)
-    for p in compiled.params.values():
+    for p in (compiled.params if compiled is not None else spec.params).values():
         rng = f"[{p.low:g}, {p.high:g}]" + (" log" if p.log else "") if p.low is not None else "-"
         table.add_row(p.name, f"{p.default:g}", rng)
     con.print(table)
     if spec.notes:
         con.print(f"\nnotes: {escape(spec.notes)}")
+    if compiled is None:
+        return 0
     con.print("\n[bold]generated torch source[/bold] (value, then fused value and gradient):")
     con.print(Syntax(compiled.source, "python", theme="ansi_dark", word_wrap=True))
     return 0

@@ -36,6 +36,18 @@ def require_kind(kind: str, by: str) -> None:
         raise UnsupportedKindError(f"{by}: kind must be 'E', 'B' or 'S', got {kind!r}")
 
 
+def require_expression(spec, by: str) -> None:
+    """Refuse a zoo entry that is not an expression where only expressions go: a set-level
+    function (kind S, :func:`require_kind`'s message) or a hand-written batch-level module
+    (kind B with an ``implementation``: running state or a sampling mask)."""
+    require_kind(spec.kind, by)
+    if spec.expression is None:
+        raise UnsupportedKindError(
+            f"{spec.id!r} is a hand-written batch-level module ({spec.implementation}: its "
+            f"batch terms are running state or a sampling mask), not an expression; not "
+            f"supported by {by}")
+
+
 class UnknownNameError(AutolossError, KeyError):
     """An unknown zoo id, primitive, terminal or parameter."""
 

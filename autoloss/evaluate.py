@@ -26,9 +26,10 @@ from .signatures import SIGNATURES
 
 def resolve_loss(text: str, accepted: Sequence[str], name: str = "loss",
                  params: Optional[Mapping[str, float]] = None
-                 ) -> CompiledLoss | zoo.SetLevelLoss:
+                 ) -> CompiledLoss | zoo.SetLevelLoss | zoo.ModuleLoss:
     """A zoo id, ``expression`` or ``signature:expression`` -> a compiled loss (or, for a
-    set-level zoo id, its :class:`~autoloss.zoo.SetLevelLoss`).
+    set-level zoo id, its :class:`~autoloss.zoo.SetLevelLoss`; for a hand-written
+    batch-level one, a new :class:`~autoloss.zoo.ModuleLoss` with its own state).
 
     ``accepted`` are the signatures the slot takes, tried in order for a bare expression;
     ``params`` declares named parameters an expression may use (name -> default).
@@ -120,6 +121,10 @@ def _run_seeds(task, compiled, seed_list, steps, scale, progress, result) -> Non
             if progress is not None:
                 progress(_k * steps + min(step, steps), len(seed_list) * steps)
 
+        for loss in compiled.values():  # a stateful loss starts each seed afresh
+            reset = getattr(loss, "reset", None)
+            if callable(reset):
+                reset()
         start = time.perf_counter()
         # without a listener a proxy may skip its intermediate evaluations (digits: 3 x COCO)
         metrics = task.run(compiled, budget=steps, seed=seed, scale=scale,

@@ -39,7 +39,7 @@ import torch
 from . import __version__, codegen, runtime, units
 from . import expr as E
 from .compiler import CompiledLoss
-from .errors import AutolossError, ExpressionError, require_kind
+from .errors import AutolossError, ExpressionError, require_expression
 
 _CLASS = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 
@@ -377,7 +377,7 @@ def zoo_provenance(loss_id: str) -> Provenance:
     from . import zoo
 
     spec = zoo.get(loss_id)
-    require_kind(spec.kind, f"export ({loss_id!r} is kind S)")
+    require_expression(spec, f"export ({loss_id!r} is kind {spec.kind}, hand-written)")
     return Provenance(source=f"autoloss zoo id {loss_id!r} ({spec.file})", paper=spec.paper,
                       title=spec.title, formula=spec.formula(), latex=spec.latex(),
                       notes=spec.notes, extra={"reference": spec.reference} if spec.reference

@@ -12,6 +12,16 @@ optional per-element ``weight`` and ``avg_factor`` as mmdetection's losses take 
 A set-level (kind S) entry, e.g. ``ap_loss``, is a hand-written function over the whole
 batch: ``loss(id)`` gives it as a :class:`SetLevelLoss` (called like a compiled loss, one
 value per batch), ``build`` as a module; ``compiled`` refuses it.
+
+A hand-written batch-level entry (kind B naming a module class: ``seesaw``, ``eqlv2``,
+``wiou_v3`` keep running state, ``ohem`` and ``ssd_hnm`` mine hard examples) is a
+:class:`ModuleLoss`: every ``loss(id)`` and every ``build(id)`` holds its own instance, so
+no two share state; the state lives in torch buffers (``state_dict`` saves it), is updated
+by calls in training mode only, and ``reset()`` forgets it.
+
+>>> seesaw = zoo.build("seesaw", reduction="mean")
+>>> seesaw(logits, labels)                        # doctest: +SKIP
+>>> seesaw.reset()                                # back to the initial class counts
 """
 from __future__ import annotations
 
@@ -20,10 +30,10 @@ import inspect
 
 import torch
 
-from . import catalog
+from . import catalog, runtime
 from .catalog import LossSpec
 from .compiler import CompiledLoss, compile_loss
-from .errors import SignatureError, UnknownNameError, did_you_mean, require_kind
+from .errors import SignatureError, UnknownNameError, did_you_mean, require_expression
 from .signatures import get as get_signature
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -42,7 +52,7 @@ def get(loss_id: str) -> LossSpec:
 def compiled(loss_id: str) -> CompiledLoss:
     """The compiled loss behind ``build(loss_id)`` (source, gradient functions, hash)."""
     spec = get(loss_id)
-    require_kind(spec.kind, f"the zoo ({loss_id!r} is kind S)")
+    require_expression(spec, f"the zoo ({loss_id!r} is kind {spec.kind}, hand-written)")
     return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title,
                         kind=spec.kind)
 
@@ -74,13 +84,7 @@ class SetLevelLoss:
         self.binary = list(inspect.signature(self.fn).parameters)[1] == "labels"
 
     def values(self, params) -> dict[str, float]:
-        out = dict(self.defaults)
-        for k, v in params.items():
-            if k not in out:
-                raise UnknownNameError(f"{self.name}: unknown parameter {k!r}; "
-                                       f"{did_you_mean(k, out) if out else 'it takes none'}")
-            out[k] = float(v)
-        return out
+        return _values(self.name, self.defaults, params)
 
     def __call__(self, *inputs, reduction: str = "mean", weight=None, avg_factor=None,
                  **params) -> torch.Tensor:
@@ -103,12 +107,81 @@ class SetLevelLoss:
         return f"SetLevelLoss({self.name!r}, {self.spec.implementation})"
 
 
-def loss(loss_id: str) -> CompiledLoss | SetLevelLoss:
-    """What a proxy calls for zoo id ``loss_id``: the compiled loss, or a set-level loss's
-    function (:class:`SetLevelLoss`)."""
+def _values(name: str, defaults: dict[str, float], params) -> dict[str, float]:
+    """The defaults with ``params`` (names checked) laid over them, as floats."""
+    out = dict(defaults)
+    for k, v in params.items():
+        if k not in out:
+            raise UnknownNameError(f"{name}: unknown parameter {k!r}; "
+                                   f"{did_you_mean(k, out) if out else 'it takes none'}")
+        out[k] = float(v)
+    return out
+
+
+class ModuleLoss(torch.nn.Module):
+    """A hand-written batch-level zoo loss (kind B naming a module class), called as a
+    compiled loss is: ``loss(*inputs, reduction="none", weight=None, avg_factor=None,
+    **params)``.
+
+    The class named by the entry's ``implementation`` is instantiated here, once per
+    ``ModuleLoss`` (``zoo.loss(id)`` and ``zoo.build(id)`` each make one), and held as the
+    submodule ``impl``: its state is this object's alone. Its ``forward`` takes the
+    signature's inputs and the parameters as keywords (keyword-only arguments that are not
+    parameters, such as a sampler's ``image`` index, pass through from the call) and returns
+    the unreduced loss, the signature's output shape; the reduction, ``weight`` and
+    ``avg_factor`` are :func:`autoloss.runtime.reduce`'s. State is updated by calls in
+    training mode (``train()``, the default), read but left alone in ``eval()``;
+    :meth:`reset` forgets it.
+    """
+
+    kind = "B"
+    normalised = False
+
+    def __init__(self, spec: LossSpec):
+        super().__init__()
+        module, _, name = spec.implementation.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        self.impl = cls()
+        self.spec = spec
+        self.name = spec.id
+        self.signature = get_signature(spec.signature)
+        self.params = dict(spec.params)
+        self.defaults = spec.defaults
+        self.passed = tuple(k for k, p in inspect.signature(cls.forward).parameters.items()
+                            if p.kind is p.KEYWORD_ONLY and k not in self.defaults)
+
+    def values(self, params) -> dict[str, float]:
+        return _values(self.name, self.defaults, params)
+
+    def forward(self, *inputs, reduction: str = "none", weight=None, avg_factor=None,
+                **params) -> torch.Tensor:
+        if reduction not in _REDUCTIONS:
+            raise SignatureError(f"{self.name}: reduction must be one of {_REDUCTIONS}, "
+                                 f"got {reduction!r}")
+        passed = {k: params.pop(k) for k in self.passed if k in params}
+        inputs = self.signature.check(inputs, self.name)
+        value = self.impl(*inputs, **self.values(params), **passed)
+        return runtime.reduce(value, reduction, weight, avg_factor)
+
+    def reset(self) -> None:
+        """Forget the running state: the next call behaves as the first after ``build``."""
+        reset = getattr(self.impl, "reset", None)
+        if reset is not None:
+            reset()
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, {self.spec.implementation}"
+
+
+def loss(loss_id: str) -> CompiledLoss | SetLevelLoss | ModuleLoss:
+    """What a proxy calls for zoo id ``loss_id``: the compiled loss, a set-level loss's
+    function (:class:`SetLevelLoss`), or a new hand-written module (:class:`ModuleLoss`,
+    with its own state)."""
     spec = get(loss_id)
     if spec.kind == "S":
         return SetLevelLoss(spec)
+    if spec.module:
+        return ModuleLoss(spec)
     return compiled(loss_id)
 
 
@@ -129,14 +202,20 @@ class ZooLoss(torch.nn.Module):
         self.reduction = reduction
         self.params = {k: float(v) for k, v in params.items()}
 
-    def forward(self, *inputs, weight=None, avg_factor=None) -> torch.Tensor:
+    def forward(self, *inputs, weight=None, avg_factor=None, **passed) -> torch.Tensor:
+        """The loss of the signature's inputs; ``passed`` holds a hand-written module's
+        per-call keywords (a sampler's ``image`` index)."""
         return self.loss(*inputs, reduction=self.reduction, weight=weight,
-                         avg_factor=avg_factor, **self.params)
+                         avg_factor=avg_factor, **self.params, **passed)
 
     def reset(self) -> None:
-        """Forget the loss's running state. State (running means: GHM's momentum, WIoU v3's
-        mean IoU loss) lives on the module, never on the shared compiled loss; the losses
-        in the catalog today keep none, so this does nothing yet."""
+        """Forget the loss's running state (Seesaw's class counts, EQLv2's gradient
+        statistics, WIoU v3's mean IoU loss): the next call behaves as the first after
+        ``build``. State lives on this module (``self.loss``, a :class:`ModuleLoss`), never
+        on the shared compiled loss; for a stateless loss this does nothing."""
+        reset = getattr(self.loss, "reset", None)
+        if reset is not None:
+            reset()
 
     def extra_repr(self) -> str:
         values = dict(self.loss.defaults)

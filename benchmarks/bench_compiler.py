@@ -175,7 +175,7 @@ def candidates(n: int, kind: str = "evolved", seed: int = 0):
 
     rng = random.Random(seed)
     grammar = Grammar.of(load("box-regression").slots["reg"])
-    seeds = [s.expression for s in catalog.of_signature("box")]
+    seeds = [s.expression for s in catalog.of_signature("box") if s.compiles]
     if kind == "grafted":
         small = Grammar(grammar.primitives, grammar.terminals, max_depth=3)
         return [Call(rng.choice(("add", "mul")), (seeds[i % len(seeds)], small.tree(rng)))

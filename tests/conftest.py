@@ -15,9 +15,12 @@ from autoloss.expr import variables  # noqa: E402
 from autoloss.signatures import get as get_signature  # noqa: E402
 
 #: the zoo ids that are expressions (kinds E and B: compiled, exported, probed); the
-#: set-level ones (kind S) are hand-written functions, tested in test_ranking.py
+#: set-level ones (kind S) are hand-written functions, tested in test_ranking.py; the
+#: hand-written batch-level modules (state, sampling masks) in test_stateful.py and
+#: test_sampling.py
 ZOO_IDS = [i for i in zoo.names() if zoo.get(i).compiles]
-SET_LEVEL_IDS = [i for i in zoo.names() if not zoo.get(i).compiles]
+SET_LEVEL_IDS = [i for i in zoo.names() if zoo.get(i).kind == "S"]
+MODULE_IDS = [i for i in zoo.names() if zoo.get(i).module]
 
 
 def sample(signature: str, n: int, seed: int = 0, dtype=torch.float64):

@@ -396,6 +396,29 @@ def ghm_c(logits, target, bins=10.0):
     return F.binary_cross_entropy_with_logits(logits, target, weights, reduction="none")
 
 
+def ghm_r(pred, target, mu=0.02, bins=10.0):
+    # mmdet GHMR.forward, momentum 0, every element valid (label_weight 1); per element (its
+    # sum / total is mmdet's value, our reduction="mean")
+    bins = int(bins)
+    edges = [float(x) / bins for x in range(bins + 1)]
+    edges[-1] = 1e3
+    diff = pred - target
+    loss = torch.sqrt(diff * diff + mu * mu) - mu
+    g = torch.abs(diff / torch.sqrt(mu * mu + diff * diff)).detach()
+    weights = torch.zeros_like(g)
+    tot = max(float(pred.numel()), 1.0)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        num_in_bin = inds.sum().item()
+        if num_in_bin > 0:
+            n += 1
+            weights[inds] = tot / num_in_bin
+    if n > 0:
+        weights = weights / n
+    return loss * weights
+
+
 def qfl(logits, target, beta=2.0):
     # mmdetection quality_focal_loss_tensor_target
     p = logits.sigmoid()

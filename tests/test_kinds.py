@@ -70,6 +70,25 @@ def test_ghm_density_is_over_the_whole_batch_not_per_chunk():
     torch.testing.assert_close(gg, gw, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("rows, mu, bins", [
+    (50, 0.02, 10), (2 * runtime.CHUNK // 4 + 3000, 0.02, 10), (300, 0.2, 30)])
+def test_ghm_r_matches_mmdet_ghmr_over_the_whole_batch(rows, mu, bins):
+    """mmdetection's GHMR (momentum 0, every element valid) is sum / total: reduction
+    "mean"; its last bin edge 1e3 bins g = abs(d) / sqrt(d^2 + mu^2) < 1 as ghm_density."""
+    g = torch.Generator().manual_seed(rows)
+    target = torch.randn(rows, 4, generator=g, dtype=torch.float64)
+    # most deltas tiny (g near 0), some large (g near 1): unequal bins
+    scale = torch.where(torch.rand(rows, 4, generator=g) < 0.7, 0.01, 2.0).double()
+    pred = target + torch.randn(rows, 4, generator=g, dtype=torch.float64) * scale
+    pa, pb = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    want = reference.ghm_r(pa, target, mu, bins).sum() / pred.numel()
+    got = zoo.build("ghm_r", reduction="mean", mu=mu, bins=bins)(pb, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    (gw,) = torch.autograd.grad(want, pa)
+    (gg,) = torch.autograd.grad(got, pb)
+    torch.testing.assert_close(gg, gw, rtol=1e-9, atol=1e-15)
+
+
 def test_ghm_c_gradcheck_with_the_density_fixed():
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(8, 3, generator=g, dtype=torch.float64) * 2).requires_grad_(True)

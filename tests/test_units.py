@@ -121,7 +121,8 @@ def test_zoo_box_losses_are_invariant_exactly_when_the_catalog_says(loss_id):
     spec = catalog.get(loss_id)
     problem = numeric_problem(zoo.build(loss_id))
     if spec.invariant:
-        assert BOX.unit_error(spec.expression, spec.param_units) is None
+        # a hand-written module (wiou_v3) has no expression: the numeric probe alone
+        assert not spec.compiles or BOX.unit_error(spec.expression, spec.param_units) is None
         assert problem is None, problem
         assert "not scale invariant" not in spec.notes
     else:

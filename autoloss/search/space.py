@@ -440,7 +440,9 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
             _fail(file, table, "seeds", f"unknown zoo id {s!r}; "
                                         f"{did_you_mean(s, catalog.default().losses)}")
         if not catalog.default().losses[s].compiles:
-            _fail(file, table, "seeds", f"{s!r} is a set-level loss (a hand-written function); "
+            what = ("a set-level loss (a hand-written function)" if catalog.get(s).kind == "S"
+                    else "a hand-written batch-level module (state or a sampling mask)")
+            _fail(file, table, "seeds", f"{s!r} is {what}; "
                                         "a search evolves expressions: seed it with those")
         if catalog.get(s).signature != signature:
             _fail(file, table, "seeds", f"zoo loss {s!r} has signature "
