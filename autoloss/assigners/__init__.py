@@ -1,0 +1,115 @@
+"""Label assigners: which prior learns which ground truth, with what target and weight.
+
+Assigners are components, not losses: a search space chooses one (and its parameters)
+beside the losses. Every assigner takes an :class:`AssignerInputs` and returns an
+:class:`Assignment` (see :mod:`autoloss.assigners.base` for the contract) and passes
+:class:`autoloss.assigners.testing.AssignerContract`.
+
+    >>> from autoloss import assigners
+    >>> assigners.names()
+    ['atss', 'fcos', 'maxiou']
+    >>> assigners.get("atss").defaults
+    {'topk': 9, 'anchor_scale': 8.0}
+    >>> atss = assigners.build("atss", topk=12)
+
+Built in (survey section 1): one-to-many ``maxiou``, ``fcos``, ``atss`` (ground truth
+only), ``simota``, ``dsl``, ``tal``, ``ota`` (read the detached predictions) and the
+one-to-one ``hungarian``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnknownNameError, did_you_mean
+from ._static import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
+from .base import (INPUTS, Assigner, AssignerError, AssignerInputs, AssignerSpec, Assignment,
+                   Param)
+
+__all__ = ["names", "get", "build", "Assigner", "AssignerInputs", "Assignment",
+           "AssignerSpec", "AssignerError", "Param", "INPUTS", "MaxIoUAssigner",
+           "FCOSAssigner", "ATSSAssigner"]
+
+#: FCOS's default object sizes per level (mmdetection ``FCOSHead.regress_ranges``)
+FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0),
+               (512.0, float("inf")))
+
+_SPECS = (
+    AssignerSpec(
+        id="maxiou",
+        title="Max-IoU anchor assignment (RetinaNet thresholds)",
+        paper="Ren et al. (Faster R-CNN), NeurIPS 2015; Lin et al. (RetinaNet), ICCV 2017",
+        reference="mmdetection mmdet/models/task_modules/assigners/max_iou_assigner.py "
+                  "MaxIoUAssigner (RetinaNet config)",
+        needs=(),
+        params=(
+            Param("pos_iou_thr", 0.5, 0.3, 0.7, doc="best IoU >= this: positive"),
+            Param("neg_iou_thr", 0.4, 0.2, 0.6, doc="best IoU < this: background; between: "
+                                                    "ignored (must be <= pos_iou_thr)"),
+            Param("min_pos_iou", 0.0, 0.0, 0.5, doc="low-quality match floor"),
+            Param("match_low_quality", True, kind="bool",
+                  doc="each gt also takes its best prior(s)"),
+            Param("gt_max_assign_all", True, kind="bool",
+                  doc="low-quality match takes every prior tied at the best IoU"),
+            Param("anchor_scale", 4.0, 2.0, 10.0,
+                  doc="side of the square anchor put on a point prior, in strides "
+                      "(RetinaNet's octave_base_scale 4); unused with anchor priors"),
+        ),
+        factory=MaxIoUAssigner,
+    ),
+    AssignerSpec(
+        id="fcos",
+        title="FCOS point assignment with centre sampling and scale ranges",
+        paper="Tian, Shen, Chen, He (FCOS), ICCV 2019; centre sampling from FCOS TPAMI 2020",
+        reference="mmdetection mmdet/models/dense_heads/fcos_head.py FCOSHead.get_targets / "
+                  "_get_targets_single / centerness_target",
+        needs=(),
+        params=(
+            Param("center_sampling", True, kind="bool",
+                  doc="restrict positives to the centre square"),
+            Param("radius", 1.5, 0.5, 3.0, doc="centre square half-side, in strides"),
+            Param("range_scale", 1.0, 0.25, 4.0, log=True,
+                  doc="multiplies every level's regress range"),
+            Param("regress_ranges", FCOS_RANGES, kind="fixed",
+                  doc="(low, high) of max(l, t, r, b) per level, finest first"),
+        ),
+        factory=FCOSAssigner,
+    ),
+    AssignerSpec(
+        id="atss",
+        title="Adaptive Training Sample Selection",
+        paper="Zhang, Chi, Yao, Lei, Li (ATSS), CVPR 2020",
+        reference="mmdetection mmdet/models/task_modules/assigners/atss_assigner.py "
+                  "ATSSAssigner",
+        needs=(),
+        params=(
+            Param("topk", 9, 3, 20, kind="int", doc="candidates per level and gt"),
+            Param("anchor_scale", 8.0, 2.0, 10.0,
+                  doc="side of the square anchor put on a point prior, in strides (ATSS's "
+                      "octave_base_scale 8); unused with anchor priors"),
+        ),
+        factory=ATSSAssigner,
+    ),
+)
+
+_REGISTRY = {s.id: s for s in _SPECS}
+
+
+def names() -> list[str]:
+    """The registered assigner ids, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(assigner_id: str) -> AssignerSpec:
+    """The registry entry of ``assigner_id``: title, paper, reference, the optional inputs
+    it needs, its parameters with defaults and search ranges."""
+    try:
+        return _REGISTRY[assigner_id]
+    except (KeyError, TypeError):
+        raise UnknownNameError(f"unknown assigner {assigner_id!r}; "
+                               f"{did_you_mean(str(assigner_id), names())}") from None
+
+
+def build(assigner_id: str, **params: Any) -> Assigner:
+    """An assigner with its registry defaults, overridden by ``params``; call it on an
+    :class:`AssignerInputs` (or on its fields as keywords)."""
+    return get(assigner_id).factory(**params)
