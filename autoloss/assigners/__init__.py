@@ -7,7 +7,7 @@ beside the losses. Every assigner takes an :class:`AssignerInputs` and returns a
 
     >>> from autoloss import assigners
     >>> assigners.names()
-    ['atss', 'fcos', 'maxiou']
+    ['atss', 'dsl', 'fcos', 'maxiou', 'ota', 'simota', 'tal']
     >>> assigners.get("atss").defaults
     {'topk': 9, 'anchor_scale': 8.0}
     >>> atss = assigners.build("atss", topk=12)
@@ -21,13 +21,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UnknownNameError, did_you_mean
+from ._dynamic import (DynamicSoftLabelAssigner, OTAAssigner, SimOTAAssigner,
+                       TaskAlignedAssigner)
 from ._static import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
 from .base import (INPUTS, Assigner, AssignerError, AssignerInputs, AssignerSpec, Assignment,
                    Param)
 
 __all__ = ["names", "get", "build", "Assigner", "AssignerInputs", "Assignment",
            "AssignerSpec", "AssignerError", "Param", "INPUTS", "MaxIoUAssigner",
-           "FCOSAssigner", "ATSSAssigner"]
+           "FCOSAssigner", "ATSSAssigner", "SimOTAAssigner", "DynamicSoftLabelAssigner",
+           "TaskAlignedAssigner", "OTAAssigner"]
 
 #: FCOS's default object sizes per level (mmdetection ``FCOSHead.regress_ranges``)
 FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0),
@@ -88,6 +91,71 @@ _SPECS = (
                       "octave_base_scale 8); unused with anchor priors"),
         ),
         factory=ATSSAssigner,
+    ),
+    AssignerSpec(
+        id="simota",
+        title="SimOTA dynamic-k assignment (YOLOX)",
+        paper="Ge, Liu, Wang, Li, Sun (YOLOX), arXiv 2107.08430, 2021",
+        reference="mmdetection mmdet/models/task_modules/assigners/sim_ota_assigner.py "
+                  "SimOTAAssigner (sqrt of the scores as YOLOX's yolo_head.get_assignments)",
+        needs=("scores", "pred_boxes"),
+        params=(
+            Param("center_radius", 2.5, 0.5, 5.0, doc="centre square half-side, in strides"),
+            Param("candidate_topk", 10, 3, 20, kind="int",
+                  doc="IoUs summed for the dynamic k"),
+            Param("iou_weight", 3.0, 0.5, 6.0, doc="weight of -log IoU in the cost"),
+            Param("cls_weight", 1.0, 0.25, 4.0, log=True, doc="weight of the BCE cost"),
+        ),
+        factory=SimOTAAssigner,
+    ),
+    AssignerSpec(
+        id="dsl",
+        title="Dynamic soft label assignment (RTMDet)",
+        paper="Lyu et al. (RTMDet), arXiv 2212.07784, 2022",
+        reference="mmdetection mmdet/models/task_modules/assigners/"
+                  "dynamic_soft_label_assigner.py DynamicSoftLabelAssigner",
+        needs=("scores", "pred_boxes"),
+        params=(
+            Param("soft_center_radius", 3.0, 1.0, 5.0,
+                  doc="centre prior 10^(d / stride - radius)"),
+            Param("topk", 13, 3, 20, kind="int", doc="IoUs summed for the dynamic k"),
+            Param("iou_weight", 3.0, 0.5, 6.0, doc="weight of -log IoU in the cost"),
+        ),
+        factory=DynamicSoftLabelAssigner,
+    ),
+    AssignerSpec(
+        id="tal",
+        title="Task-aligned assignment (TOOD)",
+        paper="Feng, Zhong, Gao, Scott, Huang (TOOD), ICCV 2021",
+        reference="ultralytics ultralytics/utils/tal.py TaskAlignedAssigner",
+        needs=("scores", "pred_boxes"),
+        params=(
+            Param("topk", 13, 3, 20, kind="int", doc="priors per gt"),
+            Param("alpha", 1.0, 0.25, 2.0, doc="exponent of the class score"),
+            Param("beta", 6.0, 1.0, 8.0, doc="exponent of the IoU"),
+            Param("iou", "iou", kind="choice", choices=("iou", "ciou"),
+                  doc="overlap in the metric: IoU (TOOD) or CIoU >= 0 (YOLOv8)"),
+        ),
+        factory=TaskAlignedAssigner,
+    ),
+    AssignerSpec(
+        id="ota",
+        title="Optimal transport assignment (Sinkhorn)",
+        paper="Ge, Liu, Li, Yoshie, Sun (OTA), CVPR 2021",
+        reference="Megvii-BaseDetection/OTA playground/detection/coco/"
+                  "ota.res50.fpn.coco.800size.1x (fcos.py FCOS.get_ground_truth, "
+                  "SinkhornDistance; config.py)",
+        needs=("scores", "pred_boxes"),
+        params=(
+            Param("center_radius", 2.5, 1.0, 5.0, doc="centre square half-side, in strides"),
+            Param("reg_weight", 1.5, 0.5, 4.0, doc="weight of -log IoU in the cost"),
+            Param("topk", 20, 5, 30, kind="int", doc="IoUs summed for each gt's supply"),
+            Param("sinkhorn_eps", 0.1, 0.02, 0.5, log=True, doc="entropic regularisation"),
+            Param("sinkhorn_iters", 50, 10, 100, kind="int", doc="Sinkhorn iterations"),
+            Param("focal_alpha", 0.25, doc="focal alpha of the classification cost"),
+            Param("focal_gamma", 2.0, doc="focal gamma of the classification cost"),
+        ),
+        factory=OTAAssigner,
     ),
 )
 
