@@ -7,7 +7,7 @@ beside the losses. Every assigner takes an :class:`AssignerInputs` and returns a
 
     >>> from autoloss import assigners
     >>> assigners.names()
-    ['atss', 'dsl', 'fcos', 'maxiou', 'ota', 'simota', 'tal']
+    ['atss', 'dsl', 'fcos', 'hungarian', 'maxiou', 'ota', 'simota', 'tal']
     >>> assigners.get("atss").defaults
     {'topk': 9, 'anchor_scale': 8.0}
     >>> atss = assigners.build("atss", topk=12)
@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import UnknownNameError, did_you_mean
 from ._dynamic import (DynamicSoftLabelAssigner, OTAAssigner, SimOTAAssigner,
                        TaskAlignedAssigner)
+from ._hungarian import HungarianAssigner
 from ._static import ATSSAssigner, FCOSAssigner, MaxIoUAssigner
 from .base import (INPUTS, Assigner, AssignerError, AssignerInputs, AssignerSpec, Assignment,
                    Param)
@@ -30,7 +31,7 @@ from .base import (INPUTS, Assigner, AssignerError, AssignerInputs, AssignerSpec
 __all__ = ["names", "get", "build", "Assigner", "AssignerInputs", "Assignment",
            "AssignerSpec", "AssignerError", "Param", "INPUTS", "MaxIoUAssigner",
            "FCOSAssigner", "ATSSAssigner", "SimOTAAssigner", "DynamicSoftLabelAssigner",
-           "TaskAlignedAssigner", "OTAAssigner"]
+           "TaskAlignedAssigner", "OTAAssigner", "HungarianAssigner"]
 
 #: FCOS's default object sizes per level (mmdetection ``FCOSHead.regress_ranges``)
 FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0),
@@ -156,6 +157,27 @@ _SPECS = (
             Param("focal_gamma", 2.0, doc="focal gamma of the classification cost"),
         ),
         factory=OTAAssigner,
+    ),
+    AssignerSpec(
+        id="hungarian",
+        title="Hungarian one-to-one matching (DETR)",
+        paper="Carion et al. (DETR), ECCV 2020; focal class cost: Zhu et al. "
+              "(Deformable DETR), ICLR 2021",
+        reference="mmdetection mmdet/models/task_modules/assigners/hungarian_assigner.py "
+                  "HungarianAssigner, match_cost.py (FocalLossCost, ClassificationCost, "
+                  "BBoxL1Cost xywh, IoUCost giou); scipy linear_sum_assignment",
+        needs=("scores", "pred_boxes", "image_size"),
+        params=(
+            Param("cost_class", 1.0, 0.0, 4.0, doc="weight of the class cost"),
+            Param("cost_bbox", 5.0, 0.0, 10.0, doc="weight of the normalised cxcywh L1"),
+            Param("cost_giou", 2.0, 0.0, 5.0, doc="weight of -GIoU"),
+            Param("class_cost", "focal", kind="choice", choices=("focal", "softmax"),
+                  doc="focal (Deformable DETR, sigmoid scores) or -softmax prob (DETR)"),
+            Param("focal_alpha", 0.25, doc="focal class cost alpha"),
+            Param("focal_gamma", 2.0, doc="focal class cost gamma"),
+        ),
+        factory=HungarianAssigner,
+        one_to_one=True,
     ),
 )
 
