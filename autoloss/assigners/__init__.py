@@ -182,6 +182,8 @@ _SPECS = (
 )
 
 _REGISTRY = {s.id: s for s in _SPECS}
+for _spec in _SPECS:
+    _spec.factory.spec = _spec
 
 
 def names() -> list[str]:

@@ -43,8 +43,6 @@ class SimOTAAssigner(Assigner):
     classification target).
     """
 
-    spec_id = "simota"
-
     def validate(self):
         self._range("center_radius", 0.0, lo_open=True)
         self._range("candidate_topk", 1)
@@ -85,8 +83,6 @@ class DynamicSoftLabelAssigner(Assigner):
     the prior to the gt centre). Dynamic-k matching as SimOTA with ``topk`` IoUs. Quality:
     the IoU of the predicted box with its gt (RTMDet's QFL target).
     """
-
-    spec_id = "dsl"
 
     def validate(self):
         self._range("soft_center_radius", -math.inf)
@@ -132,8 +128,6 @@ class TaskAlignedAssigner(Assigner):
     (TOOD's and YOLOv8's soft target and box-loss weight).
     """
 
-    spec_id = "tal"
-
     def validate(self):
         self._range("topk", 1)
         self._range("alpha", 0.0)
@@ -177,8 +171,6 @@ class OTAAssigner(Assigner):
     entry. Quality and weight: the IoU of the predicted box with its gt (the official
     IoU-branch target and GIoU-loss weight).
     """
-
-    spec_id = "ota"
 
     def validate(self):
         self._range("center_radius", 0.0, lo_open=True)

@@ -30,8 +30,6 @@ class HungarianAssigner(Assigner):
     Every gt is matched once when there are at least as many predictions as gts.
     """
 
-    spec_id = "hungarian"
-
     def validate(self):
         for name in ("cost_class", "cost_bbox", "cost_giou", "focal_gamma"):
             self._range(name, 0.0)

@@ -28,8 +28,6 @@ class MaxIoUAssigner(Assigner):
     (outside the grid, or of zero area) every prior of the image, since IoU 0 >= 0.
     """
 
-    spec_id = "maxiou"
-
     def validate(self):
         self._range("pos_iou_thr", 0.0, 1.0)
         self._range("neg_iou_thr", 0.0, 1.0)
@@ -74,8 +72,6 @@ class FCOSAssigner(Assigner):
     of smallest area wins (first on ties). The weight is the centerness target
     ``sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b))`` of the matched box.
     """
-
-    spec_id = "fcos"
 
     def validate(self):
         self._range("radius", 0.0, lo_open=True)
@@ -133,8 +129,6 @@ class ATSSAssigner(Assigner):
     the one of highest IoU. IoU is between prior boxes (the anchors, or a square of side
     ``anchor_scale * stride`` on each point) and gts.
     """
-
-    spec_id = "atss"
 
     def validate(self):
         self._range("topk", 1)

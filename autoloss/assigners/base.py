@@ -499,23 +499,25 @@ class AssignerSpec:
 class Assigner:
     """Base class: ``__call__(inputs) -> Assignment`` under ``torch.no_grad``.
 
-    Subclasses set ``spec_id`` and implement :meth:`assign`; the constructor takes the
-    registry parameters as keyword arguments (checked against :class:`Param`), stored as
-    attributes, and calls :meth:`validate`.
+    A subclass implements :meth:`assign` and carries its registry entry as the class
+    attribute ``spec`` (the registry sets it for the built-in ones; a user's own assigner
+    sets it to an :class:`AssignerSpec` it writes). The constructor takes the entry's
+    parameters as keyword arguments (checked against :class:`Param`), stores them as
+    attributes and calls :meth:`validate`.
     """
 
-    spec_id: str = ""
+    spec: Optional[AssignerSpec] = None
 
     def __init__(self, **params):
-        from . import get
-
-        spec = get(self.spec_id)
+        spec = type(self).spec
+        if spec is None:
+            raise AssignerError(f"{type(self).__name__} has no registry entry: set the class "
+                                "attribute spec = AssignerSpec(...)")
         unknown = sorted(set(params) - {p.name for p in spec.params})
         if unknown:
             raise UnknownNameError(
                 f"assigner {spec.id!r} has no parameter {unknown[0]!r}; "
                 f"{did_you_mean(unknown[0], [p.name for p in spec.params])}")
-        self.spec = spec
         self.params = {}
         for p in spec.params:
             value = p.check(params.get(p.name, p.default), spec.id)
