@@ -71,12 +71,19 @@ def ota_iou(gt: Tensor, boxes: Tensor) -> Tensor:
     return inter / (area_g + area_p - inter).clamp(min=eps)
 
 
-def deltas(points: Tensor, boxes: Tensor) -> Tensor:
-    """(left, top, right, bottom) distances from ``points`` (P, 2) to the sides of
-    ``boxes`` (B, G, 4), -> (B, G, P, 4); all positive inside the box."""
-    x, y = points[:, 0], points[:, 1]
-    b = boxes[..., None, :]
-    return torch.stack([x - b[..., 0], y - b[..., 1], b[..., 2] - x, b[..., 3] - y], -1)
+def corners(boxes: Tensor):
+    """The sides ``x1, y1, x2, y2`` of ``boxes`` (B, G, 4), each (B, G, 1): broadcast
+    against the priors' (P,) coordinates they give (B, G, P)."""
+    return boxes[..., 0, None], boxes[..., 1, None], boxes[..., 2, None], boxes[..., 3, None]
+
+
+def inside(points: Tensor, x1, y1, x2, y2, margin: float = 0.0) -> Tensor:
+    """Whether each point (P, 2) lies inside each box given by its sides (broadcastable
+    to (B, G, P)) by more than ``margin`` on every side: the references' ``min(l, t, r, b)
+    > margin``, written as four comparisons (no (B, G, P, 4) stack)."""
+    px, py = points[:, 0], points[:, 1]
+    return ((px - x1) > margin) & ((py - y1) > margin) & ((x2 - px) > margin) & \
+        ((y2 - py) > margin)
 
 
 def centres(boxes: Tensor) -> Tensor:

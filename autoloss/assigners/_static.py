@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._geometry import centres, deltas, pairwise_iou
+from ._geometry import centres, corners, inside, pairwise_iou
 from .base import Assigner, AssignerError, AssignerInputs, Assignment
 
 
@@ -94,27 +94,28 @@ class FCOSAssigner(Assigner):
         ranges = ranges * self.range_scale
         lo, hi = ranges[levels, 0], ranges[levels, 1]                             # (P,)
         pts, boxes = x.centers, x.gt_boxes
-        ltrb = deltas(pts, boxes)                                                 # (B, G, P, 4)
+        x1, y1, x2, y2 = corners(boxes)
+        px, py = pts[:, 0], pts[:, 1]
+        ltrb = (px - x1, py - y1, x2 - px, y2 - py)                              # (B, G, P)
         if self.center_sampling:
-            c = centres(boxes)[..., None, :]                                      # (B, G, 1, 2)
-            r = (x.strides * self.radius)[:, None]                                # (P, 1)
-            lt = torch.maximum(c - r, boxes[..., None, :2])
-            rb = torch.minimum(c + r, boxes[..., None, 2:])
-            inside = torch.cat([pts - lt, rb - pts], -1).min(-1).values > 0
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            r = x.strides * self.radius                                           # (P,)
+            within = inside(pts, torch.maximum(cx - r, x1), torch.maximum(cy - r, y1),
+                            torch.minimum(cx + r, x2), torch.minimum(cy + r, y2))
         else:
-            inside = ltrb.min(-1).values > 0
-        reach = ltrb.max(-1).values
+            within = inside(pts, x1, y1, x2, y2)
+        reach = torch.maximum(torch.maximum(ltrb[0], ltrb[1]), torch.maximum(ltrb[2], ltrb[3]))
         in_range = (reach >= lo) & (reach <= hi)
         area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (B, G)
-        ok = inside & in_range & x.gt_mask[..., None]
+        ok = within & in_range & x.gt_mask[..., None]
         area = torch.where(ok, area[..., None], math.inf)
         smallest, gt_index = area.min(1)
         gt_index = torch.where(torch.isfinite(smallest), gt_index, -1)
-        d = torch.gather(ltrb, 1, gt_index.clamp(min=0)[:, None, :, None].expand(-1, 1, -1, 4))
-        d = d[:, 0]                                                               # (B, P, 4)
-        lr, tb = d[..., 0::2], d[..., 1::2]
+        at = gt_index.clamp(min=0)[:, None]
+        left, top, right, bottom = (torch.gather(d, 1, at)[:, 0] for d in ltrb)  # (B, P)
         pos = gt_index >= 0
-        ratio = (lr.min(-1).values / lr.max(-1).values) * (tb.min(-1).values / tb.max(-1).values)
+        ratio = (torch.minimum(left, right) / torch.maximum(left, right)) * \
+            (torch.minimum(top, bottom) / torch.maximum(top, bottom))
         centerness = torch.where(pos, ratio, 0.0).clamp(min=0).sqrt()
         return Assignment.build(x, gt_index, weight=centerness)
 
@@ -139,8 +140,9 @@ class ATSSAssigner(Assigner):
         pts = centres(anchors)                                                   # (P, 2)
         boxes = x.gt_boxes
         overlaps = pairwise_iou(boxes, anchors)                                   # (B, G, P)
-        gc = centres(boxes)                                                       # (B, G, 2)
-        dist = (pts[None, None] - gc[..., None, :]).pow(2).sum(-1).sqrt()         # (B, G, P)
+        x1, y1, x2, y2 = corners(boxes)
+        dx, dy = pts[:, 0] - (x1 + x2) / 2.0, pts[:, 1] - (y1 + y2) / 2.0
+        dist = (dx.pow(2) + dy.pow(2)).sqrt()                                    # (B, G, P)
         candidates = []
         for idx in x.level_slices:                       # a handful of levels, not priors
             k = min(self.topk, idx.numel())
@@ -150,11 +152,9 @@ class ATSSAssigner(Assigner):
         cand_iou = torch.gather(overlaps, 2, cand)
         threshold = cand_iou.mean(-1) + cand_iou.std(-1)
         is_pos = cand_iou >= threshold[..., None]
-        cp = pts[cand]                                                            # (B, G, K, 2)
-        b = boxes[..., None, :]
-        side = torch.stack([cp[..., 0] - b[..., 0], cp[..., 1] - b[..., 1],
-                            b[..., 2] - cp[..., 0], b[..., 3] - cp[..., 1]], -1)
-        is_pos = is_pos & (side.min(-1).values > 0.01) & x.gt_mask[..., None]
+        cx, cy = pts[:, 0][cand], pts[:, 1][cand]                                 # (B, G, K)
+        centre_in = (cx - x1 > 0.01) & (cy - y1 > 0.01) & (x2 - cx > 0.01) & (y2 - cy > 0.01)
+        is_pos = is_pos & centre_in & x.gt_mask[..., None]
         scored = torch.full_like(overlaps, -math.inf)
         scored.scatter_(2, cand, torch.where(is_pos, cand_iou, -math.inf))
         best, gt_index = scored.max(1)
