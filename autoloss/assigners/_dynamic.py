@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._geometry import (corners, dynamic_k_matching, gather_gt, inside, ota_iou, pairwise_iou,
-                        ul_iou)
+from ._geometry import (corners, dynamic_k_matching, gather_gt, inside, last_true, ota_iou,
+                        pairwise_iou, ul_iou)
 from .base import Assigner, AssignerInputs, Assignment
 
 
@@ -159,7 +159,7 @@ class TaskAlignedAssigner(Assigner):
         several = pos.sum(1) > 1                                                 # (B, P)
         best = torch.zeros_like(pos).scatter_(1, overlaps.argmax(1)[:, None], True)
         pos = torch.where(several[:, None], best, pos)
-        gt_index = torch.where(pos.any(1), pos.int().argmax(1), -1)
+        gt_index = last_true(pos)                                                # one gt each
         aligned = metric * pos
         top_metric = aligned.amax(-1, keepdim=True)
         top_iou = (overlaps * pos).amax(-1, keepdim=True)

@@ -13,33 +13,38 @@ import torch
 from torch import Tensor
 
 
+def _sides(gt: Tensor, boxes: Tensor):
+    """Coordinates of ``gt`` (B, G, 4) as (B, G, 1) and of ``boxes`` (P, 4) or (B, P, 4)
+    as (P,) or (B, 1, P): every pairwise expression then broadcasts to (B, G, P) along a
+    contiguous prior axis (a trailing axis of 2 or 4 vectorizes poorly)."""
+    g = [gt[..., i, None] for i in range(4)]
+    b = [boxes[..., i].contiguous() for i in range(4)]
+    return g, b if boxes.dim() == 2 else [c[:, None] for c in b]
+
+
 def pairwise_iou(gt: Tensor, boxes: Tensor, mode: str = "iou", eps: float = 1e-6) -> Tensor:
     """mmdetection ``bbox_overlaps(gt, boxes, mode)``, batched: ``gt`` (B, G, 4) with
     ``boxes`` (P, 4) or (B, P, 4) -> (B, G, P)."""
-    a = gt[..., :, None, :]
-    b = boxes[..., None, :, :] if boxes.dim() == 3 else boxes[None, None]
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    wh = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
-    wh = wh.clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = _sides(gt, boxes)
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    overlap = w * h
     union = (area_a + area_b - overlap).clamp(min=eps)
     iou = overlap / union
     if mode == "iou":
         return iou
-    ewh = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
-    ewh = ewh.clamp(min=0)
-    enclose = (ewh[..., 0] * ewh[..., 1]).clamp(min=eps)
+    ew = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)).clamp(min=0)
+    eh = (torch.maximum(ay2, by2) - torch.minimum(ay1, by1)).clamp(min=0)
+    enclose = (ew * eh).clamp(min=eps)
     return iou - (enclose - union) / enclose
 
 
 def ul_iou(gt: Tensor, boxes: Tensor, ciou: bool, eps: float = 1e-7) -> Tensor:
     """ultralytics ``bbox_iou(gt, pred, xywh=False, CIoU=ciou).clamp(0)``, batched:
     ``gt`` (B, G, 4), ``boxes`` (B, P, 4) -> (B, G, P)."""
-    g = gt[..., :, None, :]
-    p = boxes[..., None, :, :]
-    gx1, gy1, gx2, gy2 = g.unbind(-1)
-    px1, py1, px2, py2 = p.unbind(-1)
+    (gx1, gy1, gx2, gy2), (px1, py1, px2, py2) = _sides(gt, boxes)
     w1, h1 = gx2 - gx1, gy2 - gy1 + eps
     w2, h2 = px2 - px1, py2 - py1 + eps
     inter = (torch.minimum(gx2, px2) - torch.maximum(gx1, px1)).clamp(0) * \
@@ -60,14 +65,13 @@ def ul_iou(gt: Tensor, boxes: Tensor, ciou: bool, eps: float = 1e-7) -> Tensor:
 def ota_iou(gt: Tensor, boxes: Tensor) -> Tensor:
     """The OTA repository's IoU (``get_ious_and_iou_loss``): areas clamped at 0, union
     clamped to float32's machine epsilon. ``gt`` (B, G, 4), ``boxes`` (B, P, 4) -> (B, G, P)."""
-    g = gt[..., :, None, :]
-    p = boxes[..., None, :, :]
+    (gx1, gy1, gx2, gy2), (px1, py1, px2, py2) = _sides(gt, boxes)
     eps = torch.finfo(torch.float32).eps
-    area_g = (g[..., 2] - g[..., 0]).clamp(min=0) * (g[..., 3] - g[..., 1]).clamp(min=0)
-    area_p = (p[..., 2] - p[..., 0]).clamp(min=0) * (p[..., 3] - p[..., 1]).clamp(min=0)
-    wh = torch.minimum(g[..., 2:], p[..., 2:]) - torch.maximum(g[..., :2], p[..., :2])
-    wh = wh.clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    area_g = (gx2 - gx1).clamp(min=0) * (gy2 - gy1).clamp(min=0)
+    area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)
+    w = (torch.minimum(gx2, px2) - torch.maximum(gx1, px1)).clamp(min=0)
+    h = (torch.minimum(gy2, py2) - torch.maximum(gy1, py1)).clamp(min=0)
+    inter = w * h
     return inter / (area_g + area_p - inter).clamp(min=eps)
 
 
@@ -98,6 +102,13 @@ def gather_gt(values: Tensor, labels: Tensor) -> Tensor:
     return torch.gather(values.transpose(1, 2), 1, index)
 
 
+def last_true(mask: Tensor) -> Tensor:
+    """Index of the last True along dim 1 of ``mask`` (B, G, P), -1 where none: (B, P).
+    (For columns with one True, the one; cheaper than ``argmax`` over a strided axis.)"""
+    order = torch.arange(mask.shape[1], dtype=torch.int32, device=mask.device)[:, None]
+    return torch.where(mask, order, -1).amax(1).long()
+
+
 def dynamic_k_matching(cost: Tensor, ious: Tensor, topk: int, gt_valid: Tensor):
     """SimOTA's dynamic-k matching (also DSL's), batched over images and ground truths.
 
@@ -120,7 +131,4 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, topk: int, gt_valid: Tensor):
     match = torch.zeros(cost.shape, dtype=torch.bool, device=cost.device)
     match.scatter_(2, best, take)
     count = match.sum(1)                                                # (B, P)
-    cheapest = cost.argmin(1)
-    single = match.int().argmax(1)
-    gt_index = torch.where(count > 1, cheapest, single)
-    return torch.where(count > 0, gt_index, -1)
+    return torch.where(count > 1, cost.argmin(1), last_true(match))

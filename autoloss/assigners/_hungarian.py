@@ -36,7 +36,7 @@ class HungarianAssigner(Assigner):
         self._range("focal_alpha", 0.0, 1.0)
 
     def cost(self, x: AssignerInputs) -> Tensor:
-        """The ``(B, P, G)`` matching cost (padding columns included)."""
+        """The ``(B, G, P)`` matching cost (padding rows included)."""
         if self.class_cost == "focal":
             p = x.scores.sigmoid()
             eps = 1e-12
@@ -49,10 +49,9 @@ class HungarianAssigner(Assigner):
         factor = torch.stack([w, h, w, h], -1)[:, None]                           # (B, 1, 4)
         pred = _cxcywh(x.pred_boxes) / factor
         gt = _cxcywh(x.gt_boxes) / factor
-        l1 = torch.cdist(pred, gt, p=1)                                          # (B, P, G)
-        giou = pairwise_iou(x.gt_boxes, x.pred_boxes, mode="giou")              # (B, G, P)
-        return (cls * self.cost_class).transpose(1, 2) + l1 * self.cost_bbox \
-            - giou.transpose(1, 2) * self.cost_giou
+        l1 = torch.cdist(gt, pred, p=1)                                          # (B, G, P)
+        giou = pairwise_iou(x.gt_boxes, x.pred_boxes, mode="giou")
+        return cls * self.cost_class + l1 * self.cost_bbox - giou * self.cost_giou
 
     def assign(self, x: AssignerInputs) -> Assignment:
         try:
@@ -63,9 +62,11 @@ class HungarianAssigner(Assigner):
         mask = x.gt_mask.cpu()
         gt_index = torch.full((x.batch, x.num_priors), -1, dtype=torch.long)
         for b in range(x.batch):              # scipy solves one matrix at a time
-            cols = torch.nonzero(mask[b], as_tuple=True)[0]
-            if cols.numel() == 0:
+            real = torch.nonzero(mask[b], as_tuple=True)[0]
+            if real.numel() == 0:
                 continue
-            rows, picked = linear_sum_assignment(cost[b][:, cols].numpy())
-            gt_index[b, torch.from_numpy(rows)] = cols[torch.from_numpy(picked)]
+            # (G_b, P): scipy puts the shorter side first whichever way it is given, so
+            # this is the matrix mmdetection's (P, G_b) problem is solved on
+            gts, preds = linear_sum_assignment(cost[b][real].numpy())
+            gt_index[b, torch.from_numpy(preds)] = real[torch.from_numpy(gts)]
         return Assignment.build(x, gt_index.to(x.device))

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._geometry import centres, corners, inside, pairwise_iou
+from ._geometry import centres, corners, inside, last_true, pairwise_iou
 from .base import Assigner, AssignerError, AssignerInputs, Assignment
 
 
@@ -55,8 +55,8 @@ class MaxIoUAssigner(Assigner):
             else:
                 low = torch.zeros(overlaps.shape, dtype=torch.bool, device=x.device)
                 low.scatter_(2, gt_best_prior[..., None], ok[..., None])
-            taken = low.any(1)
-            last = low.shape[1] - 1 - low.flip(1).int().argmax(1)               # last gt wins
+            last = last_true(low)                                                # last gt wins
+            taken = last >= 0
             gt_index = torch.where(taken, last, gt_index)
             ignore = ignore & ~taken
         return Assignment.build(x, gt_index, ignore=ignore)

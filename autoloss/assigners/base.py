@@ -413,7 +413,6 @@ class Assignment:
         quality = one if quality is None else torch.where(pos, quality.to(dt), 0.0)
         weight = one if weight is None else torch.where(pos, weight.to(dt), 0.0)
         ignore = torch.zeros_like(pos) if ignore is None else ignore & ~pos
-        gt_index = torch.where(ignore, -1, gt_index)
         return Assignment(gt_index=gt_index, labels=labels, quality=quality, weight=weight,
                           ignore=ignore, num_classes=inputs.num_classes)
 
