@@ -225,6 +225,20 @@ def test_ota_matches_official(seed, kind, params):
     assert ours.num_positive > 0
 
 
+def test_ota_demand_above_the_priors_stays_finite():
+    """Gts asking for more units than there are priors (20 priors; one box covering the
+    canvas, predicted exactly by all of them, asks for 20): the official code's background
+    supply turns negative and its plan NaN; here the background gets 0."""
+    x = sample_inputs(0, gts=(6,), canvas=32, strides=(8, 16), num_classes=3)
+    boxes = x.gt_boxes.clone()
+    boxes[0, 0] = torch.tensor([0.0, 0.0, 32.0, 32.0], dtype=boxes.dtype)
+    whole = boxes[0, 0].expand(1, x.num_priors, 4)
+    x = x.replace(gt_boxes=boxes, pred_boxes=whole.clone())
+    result = assigners.build("ota")(x)
+    AssignerContract().check(result, x)
+    assert result.num_positive > 0
+
+
 # ----------------------------------------------------------------------------- Hungarian
 @pytest.mark.parametrize("params", [{}, {"class_cost": "softmax"}, {"cost_class": 2.0,
                                                                      "cost_giou": 0.5}])

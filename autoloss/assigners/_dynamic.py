@@ -102,9 +102,9 @@ class DynamicSoftLabelAssigner(Assigner):
     def assign(self, x: AssignerInputs) -> Assignment:
         pts, boxes = x.centers, x.gt_boxes
         valid = x.gt_mask[..., None]
-        in_box = inside(pts, *corners(boxes)) & valid
-        candidate = in_box.any(1)[:, None]                                       # (B, 1, P)
         x1, y1, x2, y2 = corners(boxes)
+        in_box = inside(pts, x1, y1, x2, y2) & valid
+        candidate = in_box.any(1)[:, None]                                       # (B, 1, P)
         dx, dy = pts[:, 0] - (x1 + x2) / 2.0, pts[:, 1] - (y1 + y2) / 2.0
         dist = (dx.pow(2) + dy.pow(2)).sqrt() / x.strides                      # (B, G, P)
         centre_prior = torch.pow(10, dist - self.soft_center_radius)
@@ -133,8 +133,10 @@ class TaskAlignedAssigner(Assigner):
 
     Alignment ``t_ij = s_ij^alpha * u_ij^beta`` (``s``: sigmoid score of gt j's class,
     ``u``: IoU, or CIoU clamped at 0 with ``iou="ciou"`` as ultralytics) at priors whose
-    centre lies inside gt j, 0 elsewhere; each gt takes its ``topk`` priors by ``t`` among
-    those inside it; a prior taken by several gts goes to the gt of highest ``u``.
+    centre lies inside gt j, 0 elsewhere; each gt takes those of its ``topk`` priors by
+    ``t`` (over all priors) that lie inside it; a prior taken by several gts goes to the
+    gt of highest ``u`` over all gts (ultralytics' rule, which may hand it to a gt whose
+    top-k it was not in).
     Quality and weight: the normalised alignment ``t_ij * max_pos(j) u / max_pos(j) t``
     (TOOD's and YOLOv8's soft target and box-loss weight).
     """
@@ -180,7 +182,9 @@ class OTAAssigner(Assigner):
     prior. ``sinkhorn_iters`` log-domain Sinkhorn iterations at entropy ``sinkhorn_eps``
     give the plan; each row is divided by its maximum and each prior goes to its largest
     entry. Quality and weight: the IoU of the predicted box with its gt (the official
-    IoU-branch target and GIoU-loss weight).
+    IoU-branch target and GIoU-loss weight). One guard the official code lacks: when the
+    gts ask for more than ``P`` units (few priors, many well-predicted boxes) the
+    background supply is 0, not negative (whose log is NaN).
     """
 
     def validate(self):
@@ -221,7 +225,8 @@ class OTAAssigner(Assigner):
         k = min(self.topk, n_priors)
         supply = (ious * region).topk(k, dim=-1).values.sum(-1).int().clamp(min=1).to(x.dtype)
         supply = torch.where(valid, supply, 0.0)                                 # (B, G)
-        mu = torch.cat([supply, n_priors - supply.sum(1, keepdim=True)], 1)      # (B, G + 1)
+        rest = (n_priors - supply.sum(1, keepdim=True)).clamp(min=0)             # see below
+        mu = torch.cat([supply, rest], 1)                                         # (B, G + 1)
         rows = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)              # (B, G + 1)
         cost = torch.cat([cost, background[:, None]], 1)                          # (B, G + 1, P)
         plan = self._sinkhorn(mu, cost, rows)
