@@ -190,3 +190,17 @@ def test_importing_autoloss_changes_no_global_state():
                          cwd=ROOT.parent, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("True"), out.stdout
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """setuptools lists the packages by hand: a missing one works in an editable install and
+    is absent from a wheel (autoloss.signatures was)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(root).parts)
+             for p in (root / "autoloss").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
