@@ -6,11 +6,14 @@
     autoloss eval --proxy P --loss SLOT=LOSS [--seeds N] [--json]   score losses on a proxy
     autoloss export (RUN | --zoo ID | --expr E --signature S) [-o F] [--name N] [--check]
     autoloss search SPACE [--trials N] [--timeout S] [--strategy S] [--resume]   search losses
+           [--storage journal|URL] [--workers N] [--backend ray [--address A] ...]
+    autoloss worker RUN [--storage URL]   join a search's trials from another process/machine
     autoloss report RUN            report.md, plots and the exported best loss of a run
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -209,10 +212,23 @@ def search_cmd(args) -> int:
     from .search.engine import Search
     from .search.progress import Display
 
+    ray = None
+    if args.backend == "ray":
+        from .search.ray_backend import RaySettings
+
+        given = dict(address=args.address, max_concurrent=args.max_concurrent,
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                     scheduler=args.scheduler, max_failures=args.max_failures)
+        ray = RaySettings(**{k: v for k, v in given.items() if v is not None})
+    elif any(v is not None for v in (args.address, args.max_concurrent, args.cpus_per_trial,
+                                     args.gpus_per_trial, args.scheduler, args.max_failures)):
+        raise AutolossError("--address, --max-concurrent, --cpus-per-trial, --gpus-per-trial, "
+                            "--scheduler and --max-failures need --backend ray")
     search = Search.create(args.space, runs_dir=args.runs_dir, name=args.name,
                            resume=args.resume, strategy=args.strategy, seed=args.seed,
                            trials=args.trials, timeout=args.timeout, threads=args.threads,
-                           validate=not args.no_validate)
+                           validate=not args.no_validate, storage=args.storage,
+                           workers=args.workers, ray=ray)
     con = _console()
     con.print(f"[bold]autoloss search[/bold] {search.space.name}: {search.strategy_name}, "
               f"{search.trials} trials on {search.space.proxy} ({search.space.metric}, "
@@ -243,6 +259,28 @@ def search_cmd(args) -> int:
         con.print(f"transfer to {transfer['proxy']}: {word}: {escape(transfer['verdict'])}",
                   soft_wrap=True)
     return 0
+
+
+def worker_cmd(args) -> int:
+    from .search.engine import join
+    from .search.runs import Run
+
+    run = Run.find(args.run, args.runs_dir)
+    pid = os.getpid()
+
+    def line(loop, frozen):
+        if not args.quiet:
+            value = f" {frozen.values[0]:.5g}" if frozen.values else ""
+            print(f"worker {pid}: trial {frozen.number} {frozen.state.name.lower()}{value} "
+                  f"({loop.counts.finished}/{loop.trials} finished)", flush=True)
+
+    print(f"worker {pid} joins {run.folder} ({run.storage_url.split('://')[0]})", flush=True)
+    loop = join(run, storage=args.storage, threads=args.threads, trials=args.trials,
+                timeout=args.timeout, on_trial=line)
+    print(f"worker {pid}: ran {loop.timing['trials']} trials; the run has "
+          f"{loop.counts.finished} finished" + (" (interrupted)" if loop.interrupted else ""),
+          flush=True)
+    return 130 if loop.interrupted else 0
 
 
 def report_cmd(args) -> int:
@@ -341,7 +379,40 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-validate", action="store_true", help="skip the validation stage")
     se.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     se.add_argument("--quiet", action="store_true", help="no live progress display")
+    se.add_argument("--storage", metavar="URL",
+                    help="where the trials live: sqlite (default, study.db, one process), "
+                         "journal (journal.log: workers on one machine or a shared "
+                         "filesystem) or a database URL, e.g. postgresql+psycopg2://USER@HOST/DB")
+    se.add_argument("--workers", type=int, default=1,
+                    help="processes on this machine working on the run (needs --storage "
+                         "journal or a database; more join with autoloss worker RUN)")
+    ray = se.add_argument_group("Ray Tune backend (--backend ray)")
+    ray.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="where trials run: this process (local, default) or a Ray cluster")
+    ray.add_argument("--address", help="the Ray cluster, e.g. 127.0.0.1:6379 (default: start "
+                                       "a local Ray)")
+    ray.add_argument("--max-concurrent", type=int, help="trials at once (default: the "
+                                                        "cluster's CPUs / --cpus-per-trial)")
+    ray.add_argument("--cpus-per-trial", type=float, help="CPUs a trial asks (default 1; also "
+                                                          "its torch threads)")
+    ray.add_argument("--gpus-per-trial", type=float, help="GPUs a trial asks (default 0)")
+    ray.add_argument("--scheduler", choices=("asha", "median"),
+                     help="early stopping from intermediate reports (default asha)")
+    ray.add_argument("--max-failures", type=int,
+                     help="retries of a trial whose worker died (default 2)")
     se.set_defaults(func=search_cmd)
+
+    wk = sub.add_parser("worker", help="join a running search's trials (journal or database "
+                                       "storage) from another process or machine")
+    wk.add_argument("run", help="run folder or name")
+    wk.add_argument("--runs-dir", default="runs")
+    wk.add_argument("--storage", metavar="URL", help="the run's storage, when it is reached "
+                                                     "differently from here (default: the run's)")
+    wk.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    wk.add_argument("--trials", type=int, help="the run's trial budget (default: the run's)")
+    wk.add_argument("--timeout", type=float, help="stop after this many seconds")
+    wk.add_argument("--quiet", action="store_true", help="no line per trial")
+    wk.set_defaults(func=worker_cmd)
 
     rp = sub.add_parser("report", help="write report.md and plots of a run, export its best")
     rp.add_argument("run", help="run folder or name")

@@ -369,8 +369,8 @@ def test_killed_search_loses_nothing_and_resumes(tiny, tmp_path, sig):
     assert len(done) == 40
     # an interrupted trial that had its candidate already is enqueued again and rerun
     interrupted = [t for t in after if t.user_attrs.get("interrupted") and "candidate" in t.user_attrs]
-    retried = [t for t in after if t.system_attrs.get("failed_trial") is not None]
-    assert len(retried) == len(interrupted)
+    retried = sorted(t.user_attrs["retry_of"] for t in after if "retry_of" in t.user_attrs)
+    assert retried == sorted(t.number for t in interrupted)
 
 
 def test_search_cli_and_export_run(tiny, tmp_path):

@@ -1,11 +1,14 @@
 """The Optuna backend: the one place that drives Optuna's trials and storage.
 
-* :func:`storage`: a run's SQLite storage (``study.db``), the source of truth for trials
-  whichever backend ran them;
+* :func:`storage`: a run's storage, the source of truth for trials whichever backend or
+  worker ran them: SQLite (``study.db``, one process: the default), Optuna's journal file
+  (``journal.log``: workers on one machine or a shared filesystem) or an RDB URL
+  (PostgreSQL: workers on many machines);
 * :class:`OptunaTrial`: the backend-neutral :class:`~autoloss.search.handle.TrialHandle`
   over an ``optuna.Trial`` (suggestions go to the study's sampler);
-* :class:`OptunaStudy`: the local engine's study: ask and tell, interrupted trials failed
-  and enqueued again, heartbeats while a proxy runs, pruning decisions from memory.
+* :class:`OptunaStudy`: a worker's view of the study: ask and tell, interrupted trials
+  failed and enqueued again, heartbeats while a proxy runs, stale trials of dead workers
+  failed and enqueued again, pruning decisions from memory.
 
 Everything here uses Optuna's public API (the study's, the trial's and the storage's);
 nothing outside this module touches a storage or a trial id.
@@ -14,17 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from ..errors import AutolossError
 from .handle import TrialHandle
-
 
 
 @contextlib.contextmanager
@@ -38,25 +45,77 @@ def quiet():
     finally:
         optuna.logging.set_verbosity(before)
 
-STUDY = "search"  # the study's name in every run's storage
+
+STUDY = "search"  # the study's name in a run's own storage file (SQLite, journal)
+SQLITE, JOURNAL = "sqlite", "journal"
+# a worker's trial is stale after GRACE_S without a beat (environment: for tests, or a
+# cluster whose workers stall longer)
+HEARTBEAT_S = float(os.environ.get("AUTOLOSS_HEARTBEAT_S", 5))
+GRACE_S = float(os.environ.get("AUTOLOSS_GRACE_S", 20))
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # what a trial records of its worker
+MAX_RETRIES = 2  # a trial whose worker died is enqueued again at most this many times
 
 
-def storage(folder: Path) -> optuna.storages.RDBStorage:
-    """The run's SQLite storage, with heartbeats so stale trials can be detected (and
-    re-enqueued: a retried trial keeps its candidate in its user attributes).
+class StorageError(AutolossError):
+    """A storage that cannot be used as asked."""
 
-    The database runs in write-ahead-log mode with ``synchronous=NORMAL``: a commit appends
-    to ``study.db-wal`` without waiting for the disk, which makes the per-trial writes several
+
+def check_storage(url: Optional[str]) -> str:
+    """``url`` as a run records it: ``sqlite`` (default), ``journal`` or an RDB URL."""
+    url = url or SQLITE
+    if url in (SQLITE, JOURNAL) or ("://" in url and not url.startswith("sqlite")):
+        return url
+    raise StorageError(
+        f"--storage {url!r}: not a storage autoloss knows; use 'sqlite' (the default: "
+        "study.db in the run folder, one process), 'journal' (journal.log in the run folder: "
+        "many workers on one machine or a shared filesystem) or a database URL such as "
+        "postgresql+psycopg2://user@host:5432/autoloss (many machines)")
+
+
+def is_shared(url: Optional[str]) -> bool:
+    """Can several processes write the storage at once (SQLite: no)?"""
+    return check_storage(url) != SQLITE
+
+
+def study_name(url: Optional[str], run_name: str) -> str:
+    """A run's study name: ``search`` in its own file, the run's name in a shared database
+    (one PostgreSQL database holds many runs)."""
+    return run_name if "://" in check_storage(url) else STUDY
+
+
+def storage(folder: Path, url: Optional[str] = None) -> optuna.storages.BaseStorage:
+    """The run's storage (``url``: see :func:`check_storage`).
+
+    SQLite runs in write-ahead-log mode with ``synchronous=NORMAL``: a commit appends to
+    ``study.db-wal`` without waiting for the disk, which makes the per-trial writes several
     times cheaper. A killed process loses nothing it committed (the log is replayed when the
     database is next opened); only a power cut or an OS crash can roll back the last commits.
     Readers (``autoloss report``, optuna-dashboard) may open the database while it is written.
+    Its heartbeats are Optuna's (one writer: ``--resume`` fails whatever was left RUNNING).
+
+    The shared storages keep their heartbeats as a trial attribute (the journal has no
+    heartbeat of its own, and one mechanism serves both): see :class:`OptunaStudy`.
     """
+    url = check_storage(url)
+    if url == JOURNAL:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(Path(folder) / "journal.log")))
+    if url != SQLITE:
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (ImportError, ModuleNotFoundError) as err:
+            raise StorageError(f"--storage {url}: the database driver is missing ({err}); "
+                               "pip install psycopg2-binary for PostgreSQL") from err
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            raise StorageError(f"--storage {url}: cannot open the database: "
+                               f"{str(err).splitlines()[0]}") from err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
         store = optuna.storages.RDBStorage(
-            f"sqlite:///{Path(folder) / 'study.db'}", heartbeat_interval=5, grace_period=20,
-            heartbeat_stale_trial_callback=retry,
+            f"sqlite:///{Path(folder) / 'study.db'}", heartbeat_interval=max(1, int(HEARTBEAT_S)),
+            grace_period=max(1, int(GRACE_S)), heartbeat_stale_trial_callback=retry,
             engine_kwargs={"connect_args": {"timeout": 30}})
     sqlalchemy.event.listen(store.engine, "connect", _sqlite_pragmas)
     store.engine.dispose()  # the connections opened while creating the schema lack them
@@ -70,9 +129,11 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
-def load_study(folder: Path) -> optuna.Study:
+def load_study(folder: Path, url: Optional[str] = None,
+               name: Optional[str] = None) -> optuna.Study:
     """A run's study, to read (no sampler or pruner of the search's)."""
-    return optuna.load_study(study_name=STUDY, storage=storage(folder))
+    return optuna.load_study(study_name=name or study_name(url, Path(folder).name),
+                             storage=storage(folder, url))
 
 
 class OptunaTrial(TrialHandle):
@@ -99,27 +160,39 @@ class OptunaTrial(TrialHandle):
 
 
 class OptunaStudy:
-    """The run's study as the local engine drives it (one process: ``runs.Lock``).
+    """The run's study as one worker drives it.
 
     ``strategy`` picks the sampler: TPE for ``tpe`` (its suggestions are the tree's
     tokens), random otherwise (the other strategies draw from the handle's generator and
     suggest nothing); the median pruner stops bad single-objective trials early.
+
+    With SQLite the worker is the run's only writer (``runs.Lock``): :meth:`recover` fails
+    whatever an earlier process left RUNNING. With a shared storage (``url`` journal or an
+    RDB URL) other workers may be running trials: each trial carries a ``heartbeat``
+    attribute (wall-clock seconds) that its worker renews every ``HEARTBEAT_S``, and
+    :meth:`fail_stale` fails only the RUNNING trials whose worker stopped beating for
+    ``GRACE_S`` seconds, then enqueues their candidates again (at most ``MAX_RETRIES``
+    times). Failing is the claim: the storage lets one worker finish a trial, so two workers
+    that notice the same dead trial enqueue it once.
     """
 
-    def __init__(self, folder: Path, directions: Sequence[str], strategy: str, seed: int):
+    def __init__(self, folder: Path, directions: Sequence[str], strategy: str, seed: int,
+                 url: Optional[str] = None, name: Optional[str] = None):
         self.seed = seed
+        self.shared = is_shared(url)
         if strategy == "tpe":
             sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
         else:
             sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=5) if len(directions) == 1
                   else optuna.pruners.NopPruner())
-        self.storage = storage(folder)
+        self.storage = storage(folder, url)
+        self.name = name or study_name(url, Path(folder).name)
         with quiet():
-            self.study = optuna.create_study(study_name=STUDY, storage=self.storage,
+            self.study = optuna.create_study(study_name=self.name, storage=self.storage,
                                              directions=list(directions), sampler=sampler,
                                              pruner=pruner, load_if_exists=True)
-        self._study_id = self.storage.get_study_id_from_name(STUDY)
+        self._study_id = self.storage.get_study_id_from_name(self.name)
         self._heartbeat: Optional[_Heartbeat] = None
 
     def trials(self, states: Optional[Sequence[TrialState]] = None) -> list[FrozenTrial]:
@@ -132,31 +205,81 @@ class OptunaStudy:
             return OptunaTrial(self.study.ask(), self.seed)
 
     def complete(self, trial: OptunaTrial, values: Sequence[float]) -> FrozenTrial:
-        return self.study.tell(trial.trial, list(values))
+        return self._tell(trial, values=list(values))
 
     def close(self, trial: OptunaTrial, state: TrialState) -> FrozenTrial:
         """Close a trial that has no values (pruned or failed)."""
-        return self.study.tell(trial.trial, state=state)
+        return self._tell(trial, state=state)
+
+    def _tell(self, trial: OptunaTrial, **how) -> FrozenTrial:
+        """Tell; a trial another worker failed meanwhile (it took this worker for dead) is
+        left as it is: its enqueued copy reruns the candidate."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "already finished"
+                return self.study.tell(trial.trial, skip_if_finished=self.shared, **how)
+        except UpdateFinishedTrialError:
+            if not self.shared:
+                raise
+            return self.storage.get_trial(self._storage_id(trial))
 
     def interrupt(self, trial: OptunaTrial | FrozenTrial) -> None:
         """Fail an unfinished trial (``interrupted``: it does not count) and enqueue its
-        candidate again, through the storage's retry callback (a WAITING copy of the trial,
-        its attributes included): it reruns on resume."""
+        candidate again (a WAITING copy of the trial, its attributes included): it reruns
+        on resume or in another worker."""
         if isinstance(trial, OptunaTrial):
             trial.trial.set_user_attr("interrupted", True)
         else:  # a trial a dead process left RUNNING: no Trial object to set it through
             self.storage.set_trial_user_attr(self._storage_id(trial), "interrupted", True)
         frozen = self.study.tell(trial.number, state=TrialState.FAIL)
-        callback = self.storage.get_heartbeat_stale_trial_callback()
-        if callback is not None and "candidate" in frozen.user_attrs:
-            callback(self.study, frozen)
+        self._enqueue_again(frozen)
+
+    def _enqueue_again(self, frozen: FrozenTrial) -> None:
+        if "candidate" not in frozen.user_attrs:
+            return  # it died before it had a candidate: a new trial proposes one
+        self.study.enqueue_trial(dict(frozen.params), user_attrs={
+            **frozen.user_attrs, "retry_of": frozen.number})
 
     def recover(self) -> int:
-        """Fail the trials a dead process left RUNNING and enqueue their candidates again."""
+        """Fail the trials a dead process left RUNNING and enqueue their candidates again
+        (with a shared storage: only those whose worker stopped beating)."""
+        if self.shared:
+            return self.fail_stale()
         stale = self.trials(states=(TrialState.RUNNING,))
         for t in stale:
             self.interrupt(t)
         return len(stale)
+
+    def fail_stale(self, grace: float = GRACE_S) -> int:
+        """Fail the RUNNING trials whose worker has not beaten for ``grace`` seconds and
+        enqueue each candidate again (``retries`` counts the times; after ``MAX_RETRIES``
+        the trial stays failed, with the reason). Returns how many this worker failed."""
+        now, failed = time.time(), 0
+        for t in self.trials(states=(TrialState.RUNNING,)):
+            last = max(t.user_attrs.get("heartbeat", 0.0),
+                       t.datetime_start.timestamp() if t.datetime_start else 0.0)
+            if now - last < grace:
+                continue
+            trial_id = self._storage_id(t)
+            retries = t.user_attrs.get("retries", 0)
+            try:  # the attributes first (a finished trial takes none), then the claim
+                if retries >= MAX_RETRIES:
+                    self.storage.set_trial_user_attr(trial_id, "verdict", {
+                        "status": "failed", "filter": "worker",
+                        "reason": f"its worker died {retries + 1} times (no beat for "
+                                  f"{now - last:.0f} s); not retried again"})
+                else:
+                    self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+                    self.storage.set_trial_user_attr(trial_id, "retries", retries + 1)
+                if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:  # its worker told, or another worker claimed it
+                continue
+            failed += 1
+            frozen = self.storage.get_trial(trial_id)
+            if retries < MAX_RETRIES:
+                self._enqueue_again(frozen)
+        return failed
 
     # -- while the proxy runs ----------------------------------------------------------------
     def pruning(self, trial: OptunaTrial, completed: Sequence[FrozenTrial]
@@ -175,7 +298,13 @@ class OptunaStudy:
     @contextlib.contextmanager
     def heartbeats(self):
         """One heartbeat thread for the loop; ``watching(trial)`` beats for a trial."""
-        self._heartbeat = _Heartbeat(self.storage)
+        if self.shared:
+            def beat(trial_id):
+                self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            interval = HEARTBEAT_S
+        else:
+            beat, interval = self.storage.record_heartbeat, self.storage.get_heartbeat_interval()
+        self._heartbeat = _Heartbeat(beat, interval)
         try:
             yield self
         finally:
@@ -241,16 +370,15 @@ class _PruningView:
 
 class _Heartbeat:
     """Records the running trial's heartbeat while the proxy runs, so other readers of the
-    storage (optuna's stale-trial detection, a dashboard) can tell a dead run's trials.
+    storage (stale-trial detection by another worker or by ``--resume``, a dashboard) can
+    tell a dead worker's trials.
 
     One thread for the whole search: the first beat of a trial comes within one interval of
-    its start, so a trial shorter than that writes nothing (``--resume`` fails and re-enqueues
-    whatever a dead process left RUNNING, heartbeat or not)."""
+    its start (a trial younger than the grace period is never stale)."""
 
-    def __init__(self, store):
-        self.storage = store
-        self.interval = store.get_heartbeat_interval() if hasattr(
-            store, "get_heartbeat_interval") else None
+    def __init__(self, beat: Callable[[int], None], interval: Optional[float]):
+        self.beat = beat
+        self.interval = interval
         self.trial_id: Optional[int] = None
         self._stop = threading.Event()
         self.thread = None
@@ -272,7 +400,7 @@ class _Heartbeat:
             if trial_id is None:
                 continue
             try:
-                self.storage.record_heartbeat(trial_id)
+                self.beat(trial_id)
             except Exception:  # noqa: BLE001 - a missed heartbeat only delays stale detection
                 pass
 

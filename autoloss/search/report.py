@@ -79,7 +79,7 @@ def write_report(folder: Path | Run, export: bool = True) -> Path:
         key = v.get("status", "?")
         if key in ("rejected", "failed"):
             key = f"{key}: {v.get('filter', '?')}"
-        if t.user_attrs.get("interrupted"):
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             key = "interrupted"
         elif t.state == TrialState.PRUNED:
             key = "pruned"

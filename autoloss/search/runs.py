@@ -5,6 +5,8 @@
     runs/box-regression-20261126-101500/
         config.json        the resolved search space and the command's options
         study.db           Optuna storage (SQLite): the source of truth for trials
+                           (journal.log with --storage journal; a PostgreSQL URL keeps them
+                           in that database, under the run's name)
         summary.json       machine-readable summary (written as the search goes and at its end)
         report.md, *.png   ``autoloss report``
         best_loss.py       the exported best loss (with a transfer stage: the best candidate
@@ -29,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import catalog, export
 from ..errors import AutolossError
 from .candidate import Candidate
-from .optuna_backend import load_study, storage
+from .optuna_backend import load_study, storage, study_name
 from .space import Space, parse_space
 from .summary import exported_note, mean_std, ranked
 
@@ -178,6 +180,20 @@ class Run:
         return self.config["options"]
 
     @property
+    def storage_url(self) -> str:
+        """Where the trials are: ``sqlite`` (study.db), ``journal`` (journal.log) or a URL."""
+        return self.options.get("storage") or "sqlite"
+
+    @property
+    def backend(self) -> str:
+        """``local`` (this machine's processes) or ``ray`` (Tune trials on a cluster)."""
+        return self.options.get("backend") or "local"
+
+    @property
+    def study_name(self) -> str:
+        return study_name(self.storage_url, self.name)
+
+    @property
     def strategy(self) -> str:
         return self.options["strategy"]
 
@@ -216,7 +232,7 @@ class Run:
     @functools.cached_property
     def study(self):
         """The run's Optuna study (to read: no sampler or pruner of the search's)."""
-        return load_study(self.folder)
+        return load_study(self.folder, self.storage_url, self.study_name)
 
     def trials(self) -> list[FrozenTrial]:
         """Every trial in number order (trial ``n`` is ``trials()[n]``)."""

@@ -48,7 +48,7 @@ class Counts:
         """Count a finished trial (``direction``: of the first objective, for the best)."""
         verdict = t.user_attrs.get("verdict", {})
         status = verdict.get("status")
-        if t.user_attrs.get("interrupted"):
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             self.interrupted += 1
         elif status == "rejected":
             self.rejected += 1
