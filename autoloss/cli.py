@@ -220,6 +220,10 @@ def search_cmd(args) -> int:
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      scheduler=args.scheduler, max_failures=args.max_failures)
         ray = RaySettings(**{k: v for k, v in given.items() if v is not None})
+        if ray.address:  # before a run folder is made for it
+            from .search.ray_backend import check_address
+
+            check_address(ray.address)
     elif any(v is not None for v in (args.address, args.max_concurrent, args.cpus_per_trial,
                                      args.gpus_per_trial, args.scheduler, args.max_failures)):
         raise AutolossError("--address, --max-concurrent, --cpus-per-trial, --gpus-per-trial, "
@@ -396,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-trial", type=float, help="CPUs a trial asks (default 1; also "
                                                           "its torch threads)")
     ray.add_argument("--gpus-per-trial", type=float, help="GPUs a trial asks (default 0)")
-    ray.add_argument("--scheduler", choices=("asha", "median"),
+    ray.add_argument("--scheduler", choices=("asha", "median", "none"),
                      help="early stopping from intermediate reports (default asha)")
     ray.add_argument("--max-failures", type=int,
                      help="retries of a trial whose worker died (default 2)")

@@ -116,10 +116,19 @@ def test_unknown_storage_is_refused_with_the_choices(tmp_path):
         Search.create(str(_space(tmp_path, 4)), runs_dir=tmp_path / "runs", storage="mongo")
 
 
-def test_ray_options_need_the_ray_backend():
+def test_ray_options_need_the_ray_backend(tmp_path, capsys):
     from autoloss.cli import main
 
-    assert main(["search", "focal-tuning", "--address", "127.0.0.1:1"]) == 2
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert main(["search", "focal-tuning", "--address", "127.0.0.1:1"] + runs) == 2
+    assert "need --backend ray" in capsys.readouterr().err
+    # nothing listens there: a clear error at once (ray.init would retry for minutes), and
+    # no run folder left behind
+    port = _free_port()
+    assert main(["search", "focal-tuning", "--backend", "ray", "--address",
+                 f"127.0.0.1:{port}"] + runs) == 2
+    assert "no Ray cluster answers there" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 # -------------------------------------------------------------------------- journal file

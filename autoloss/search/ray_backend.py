@@ -35,7 +35,7 @@ from .filters import FilterBank
 from .loop import Opened, TrialLoop
 from .optuna_backend import OptunaStudy
 
-SCHEDULERS = ("asha", "median")
+SCHEDULERS = ("asha", "median", "none")
 
 
 class RayError(AutolossError):
@@ -190,7 +190,8 @@ def _proposals_class():
             where = {"node": result.get("node_ip"), "pid": result.get("pid")}
             if trial.user_attrs.get("ray") != where:  # where it runs (a retry moves it)
                 trial.set_user_attr("ray", where)
-            trial.report(result["value"], result["step"])
+            if not self.loop.space.complexity:  # Optuna takes reports of one objective only
+                trial.report(result["value"], result["step"])
 
         def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
                               error: bool = False) -> None:
@@ -255,24 +256,39 @@ def _proposals_class():
     return Proposals
 
 
-def connect(address: Optional[str], cpus: Optional[int] = None) -> dict:
-    """Connect to the cluster at ``address`` (None: start a local Ray); returns its
-    resources."""
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast where ``ray.init`` would retry for minutes: nothing listens at ADDRESS."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        raise RayError(f"--address {address}: no Ray cluster answers there ({err}); start one "
+                       "with `ray start --head --port 6379`, or leave --address out to run on "
+                       "a Ray started for this search") from None
+
+
+def connect(address: Optional[str], cpus: Optional[int] = None) -> bool:
+    """Connect to the cluster at ``address`` (None: start a local Ray); returns whether
+    this call connected (the caller then shuts Ray down after)."""
     import ray
 
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-        if address:
-            kwargs["address"] = address
-        else:
-            kwargs.update(num_cpus=cpus or os.cpu_count(), include_dashboard=False)
-        try:
-            ray.init(**kwargs)
-        except ConnectionError as err:
-            raise RayError(f"--address {address}: no Ray cluster answers there ({err}); start "
-                           "one with `ray start --head --port 6379` or leave --address out for "
-                           "a local Ray") from err
-    return ray.cluster_resources()
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        check_address(address)
+        kwargs["address"] = address
+    else:
+        kwargs.update(num_cpus=cpus or os.cpu_count(), include_dashboard=False)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as err:
+        raise RayError(f"--address {address}: no Ray cluster answers there ({err}); start "
+                       "one with `ray start --head --port 6379` or leave --address out for "
+                       "a local Ray") from err
+    return True
 
 
 def _trial_name(trial) -> str:
@@ -293,12 +309,16 @@ def run_trials(loop: TrialLoop, settings: RaySettings,
     bank = FilterBank(loop.signatures, seed=loop.seed,
                       scale_matters=getattr(loop.proxy, "gradient_scale_matters", True))
     loop.replay(study, bank)
-    resources = connect(settings.address)
+    import ray
+
+    connected = connect(settings.address)
     concurrent = settings.max_concurrent or max(
-        1, int(resources.get("CPU", 1) // settings.cpus_per_trial))
+        1, int(ray.cluster_resources().get("CPU", 1) // settings.cpus_per_trial))
     mode = "min" if loop.space.direction == "minimize" else "max"
     max_t = final_step(loop.space)
-    if settings.scheduler == "asha":
+    if loop.space.complexity or settings.scheduler == "none":  # the local engine: no pruner
+        scheduler = None                                      # for two objectives
+    elif settings.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric="value", mode=mode, max_t=max_t,
                                   grace_period=max(1, max_t // 10), reduction_factor=3)
     else:  # the local engine's rule: below the median of earlier trials at the same step
@@ -325,3 +345,5 @@ def run_trials(loop: TrialLoop, settings: RaySettings,
         for opened, _ in list(searcher.running.values()):  # on the cluster when we stopped
             study.interrupt(opened.trial)
         searcher.running.clear()
+        if connected:
+            ray.shutdown()
