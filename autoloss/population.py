@@ -193,7 +193,7 @@ class PopulationEvaluator:
                 for child in node.args:
                     remaining[child] = remaining.get(child, 0) + 1
         wanted = set(roots)
-        registry, cache = ops.REGISTRY, self.cache
+        registry, cache, terminal_nodes = ops.REGISTRY, self.cache, self.terminal_nodes
         shape = self.prep.columns[0].shape
         live: dict[Expr, torch.Tensor | Failure] = {}
         owned: set[Expr] = set()  # nodes holding a private full-size buffer
@@ -205,17 +205,23 @@ class PopulationEvaluator:
             elif type(node) is Const:
                 value = self._const(node.value)
             elif type(node) is Call:
+                spec = registry[node.op]
                 args = [live[a] if a in live else cache[a] if a in cache
                         else self._const(a.value) for a in node.args]
-                fail = next((a for a in args if isinstance(a, Failure)), None)
+                fail = None
+                for a in args:
+                    if isinstance(a, Failure):
+                        fail = a
+                        break
                 if fail is not None:
                     value = fail
                 else:
-                    donor = self._donor(node, owned, remaining, wanted)
+                    writes = spec.out is not None or spec.comparison  # (_writes_out)
+                    donor = self._donor(node, owned, remaining, wanted) if writes else None
                     if donor is not None:
                         buffer = live.get(donor)
                         owned.discard(donor)
-                    elif pool and self._writes_out(node) and any(
+                    elif pool and writes and any(
                             a.shape == shape for a in args):  # a full-size result only
                         buffer = pool.pop()  # a recycled, still cache-warm buffer
                     else:
@@ -223,9 +229,9 @@ class PopulationEvaluator:
                     value = self._apply(node, args, buffer)
                 self.nodes_evaluated += 1
                 if isinstance(value, torch.Tensor):
-                    if registry[node.op].alias:  # its argument's memory: nobody owns it
+                    if spec.alias:  # its argument's memory: nobody owns it
                         owned.discard(node.args[0])
-                    elif node in self.terminal_nodes:
+                    elif node in terminal_nodes:
                         cache[node] = value
                     elif value.shape == shape:
                         owned.add(node)
@@ -235,8 +241,8 @@ class PopulationEvaluator:
             if node in wanted:
                 results[node] = value
             for child in (node.args if type(node) is Call else ()):
-                remaining[child] -= 1
-                if remaining[child] == 0:
+                left = remaining[child] = remaining[child] - 1
+                if left == 0:
                     dead = live.pop(child, None)
                     if child in owned:
                         owned.discard(child)
