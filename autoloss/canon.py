@@ -205,9 +205,11 @@ def serialize(root: Expr) -> str:
     return out[root]
 
 
-def canonical_hash(root: Expr, salt: str = "") -> str:
-    """A stable 16-hex-digit hash of the canonical form (same across runs and machines)."""
-    text = salt + "|" + serialize(canonical(root))
+def canonical_hash(root: Expr, salt: str = "",
+                   canonicalizer: Optional[Canonicalizer] = None) -> str:
+    """A stable 16-hex-digit hash of the canonical form (same across runs and machines).
+    ``canonicalizer``: one to reuse (its memo), e.g. across a population."""
+    text = salt + "|" + serialize((canonicalizer or Canonicalizer())(root))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

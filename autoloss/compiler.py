@@ -93,15 +93,17 @@ class Pipeline:
     Args:
         bind: signature parameters to make constants in the terminals (the population
             evaluator binds ``eps``; a compiled loss keeps it a runtime argument).
+        canonicalizer: one to share (its memo) with other users of the same expressions.
     """
 
     def __init__(self, signature: Signature, mode: Mode = "exact",
-                 bind: Optional[Mapping[str, float]] = None):
+                 bind: Optional[Mapping[str, float]] = None,
+                 canonicalizer: Optional[canon.Canonicalizer] = None):
         if mode not in ("exact", "search"):
             raise ValueError(f"mode must be 'exact' or 'search', got {mode!r}")
         self.signature = signature
         self.mode = mode
-        self.canonicalizer = canon.Canonicalizer()
+        self.canonicalizer = canonicalizer or canon.Canonicalizer()
         self._rewrite: dict = {}
         self._guard: dict = {}
         self._lower: dict = {}

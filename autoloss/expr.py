@@ -79,6 +79,9 @@ class Expr:
         return neg(self)
 
 
+_set = object.__setattr__
+
+
 def _init(node: Expr, **fields) -> None:
     for k, v in fields.items():
         object.__setattr__(node, k, v)
@@ -91,7 +94,8 @@ class Var(Expr):
     __hash__ = Expr.__hash__
 
     def __init__(self, name: str):
-        _init(self, name=name, _hash=hash(("var", name)))
+        _set(self, "name", name)
+        _set(self, "_hash", hash(("var", name)))
 
     def __eq__(self, other):
         return self is other or (type(other) is Var and other.name == self.name)
@@ -110,7 +114,8 @@ class Const(Expr):
         value = float(value)
         if math.isnan(value):
             raise ExpressionError("constants must be numbers, got nan")
-        _init(self, value=value, _hash=hash(("const", value)))
+        _set(self, "value", value)
+        _set(self, "_hash", hash(("const", value)))
 
     def __eq__(self, other):
         return self is other or (type(other) is Const and other.value == self.value)
@@ -154,7 +159,7 @@ class Call(Expr):
 
     def __init__(self, op: str, args: Sequence[Expr]):
         args = tuple(args)
-        spec = ops.get(op)
+        spec = ops.REGISTRY.get(op) or ops.get(op)  # get() raises, naming close names
         if len(args) != spec.arity:
             raise ExpressionError(
                 f"primitive {op!r} takes {spec.arity} argument(s), got {len(args)}"
@@ -162,7 +167,9 @@ class Call(Expr):
         for a in args:
             if not isinstance(a, Expr):
                 raise TypeError(f"argument of {op!r} must be an Expr, got {type(a).__name__}")
-        _init(self, op=op, args=args, _hash=hash((op, args)))
+        _set(self, "op", op)  # (what _init does, without its keyword dict: hot path)
+        _set(self, "args", args)
+        _set(self, "_hash", hash((op, args)))
 
     @property
     def children(self) -> tuple[Expr, ...]:
@@ -203,8 +210,9 @@ def _is(x: Expr, value: float) -> bool:
 
 def _fold(op: str, *args: Expr) -> Optional[Expr]:
     """Evaluate an op on constant arguments, if the result is a finite number."""
-    if not all(type(a) is Const for a in args):
-        return None
+    for a in args:
+        if type(a) is not Const:
+            return None
     spec = ops.get(op)
     if spec.math is None:
         return None
@@ -339,21 +347,26 @@ def postorder_many(roots: Iterable[Expr]) -> list[Expr]:
 
 def _walk(root: Expr, seen: set, order: list, stop: Optional[Mapping[Expr, object]] = None):
     """Append to ``order`` the nodes under ``root`` not in ``seen``, children first."""
+    # the hot loop of every pass over a DAG: names bound locally, a Call's args read
+    # directly (``children`` is a property)
     stack: list[tuple[Expr, bool]] = [(root, False)]
+    pop, push, mark, emit = stack.pop, stack.append, seen.add, order.append
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            emit(node)
             continue
         if node in seen:
             continue
-        seen.add(node)
-        stack.append((node, True))
+        mark(node)
+        push((node, True))
         if stop is not None and node in stop:
             continue
-        for child in reversed(node.children):
+        children = node.args if type(node) is Call else node.children
+        for k in range(len(children) - 1, -1, -1):
+            child = children[k]
             if child not in seen:
-                stack.append((child, False))
+                push((child, False))
 
 
 def transform(root: Expr, fn: Callable[[Expr, Sequence[Expr]], Expr],

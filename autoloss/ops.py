@@ -19,6 +19,8 @@ written with the smart constructors of :mod:`autoloss.expr`, so they fold trivia
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -155,19 +157,33 @@ def spelled(symbol: str, arity: int) -> Optional[Op]:
 # --------------------------------------------------------------------------- gradients
 # Imported lazily inside the rules: expr imports this module for arities.
 def _e():
-    from . import expr
+    global _expr
+    if _expr is None:  # once: the gradient rules call this for every node they build
+        from . import expr
 
-    return expr
+        _expr = expr
+    return _expr
+
+
+_expr = None
 
 
 def _tie_split(a, b, g, sign_of):
     """torch.minimum/maximum semantics: the gradient is split in half on ties."""
     E = _e()
-    s = E.call("sign", E.sub(a, b))
     half = E.mul(E.const(0.5), g)
-    ga = E.mul(half, E.add(E.const(1.0), E.mul(E.const(sign_of), s)))
+    ga = E.mul(half, _tie_share(a, b, sign_of))
     gb = E.sub(g, ga)
     return ga, gb
+
+
+@functools.lru_cache(maxsize=4096)
+def _tie_share(a, b, sign_of: float):
+    """``1 + sign_of * sign(a - b)``: twice the share of ``a`` (1 on a tie). It depends on
+    the arguments only, so it is built once per pair: the terminals' min and max (box
+    intersections, enclosing boxes) are differentiated again for every candidate."""
+    E = _e()
+    return E.add(E.const(1.0), E.mul(E.const(sign_of), E.call("sign", E.sub(a, b))))
 
 
 def _g_add(a, out, g):

@@ -71,11 +71,14 @@ class PopulationEvaluator:
         grad_inputs: indices of the inputs whose column gradients :meth:`evaluate`
             returns with ``grad=True`` (default: the first input, the prediction); a
             column computed from several inputs (rbox's ``rinter``) is one of each's.
+        canonicalizer: a :class:`~autoloss.canon.Canonicalizer` to share (its memo)
+            with other users of the same expressions (the search filters).
     """
 
     def __init__(self, signature: Signature | str, inputs: Sequence[torch.Tensor], *,
                  mode: Mode = "search", grad_inputs: Sequence[int] = (0,),
-                 params: Optional[Mapping[str, float]] = None, kind: str = "E"):
+                 params: Optional[Mapping[str, float]] = None, kind: str = "E",
+                 canonicalizer=None):
         require_kind(kind, "the population evaluator")
         self.signature = get_signature(signature) if isinstance(signature, str) else signature
         sig = self.signature
@@ -90,7 +93,7 @@ class PopulationEvaluator:
         ref = self.prep.columns[0]
         self.dtype, self.device = ref.dtype, ref.device
         self._consts: dict[float, torch.Tensor] = {}
-        self.pipeline = Pipeline(sig, mode, bind=self.sig_params)
+        self.pipeline = Pipeline(sig, mode, bind=self.sig_params, canonicalizer=canonicalizer)
         self._checked: set[Expr] = set()
         self._bound: dict[tuple, dict] = {}
         # terminals are kept for the lifetime of the evaluator: computed once per batch
@@ -186,31 +189,39 @@ class PopulationEvaluator:
         order = E.postorder_many(roots)
         remaining: dict[Expr, int] = {}
         for node in order:
-            for child in node.children:
-                remaining[child] = remaining.get(child, 0) + 1
+            if type(node) is Call:
+                for child in node.args:
+                    remaining[child] = remaining.get(child, 0) + 1
         wanted = set(roots)
+        registry, cache, terminal_nodes = ops.REGISTRY, self.cache, self.terminal_nodes
         shape = self.prep.columns[0].shape
         live: dict[Expr, torch.Tensor | Failure] = {}
         owned: set[Expr] = set()  # nodes holding a private full-size buffer
         pool: list[torch.Tensor] = []  # buffers of dead nodes, reused (fewer allocations)
         results: dict[Expr, torch.Tensor | Failure] = {}
         for node in order:
-            if node in self.cache:
-                value = self.cache[node]
+            if node in cache:
+                value = cache[node]
             elif type(node) is Const:
                 value = self._const(node.value)
             elif type(node) is Call:
-                args = [live[a] if a in live else self.cache[a] if a in self.cache
+                spec = registry[node.op]
+                args = [live[a] if a in live else cache[a] if a in cache
                         else self._const(a.value) for a in node.args]
-                fail = next((a for a in args if isinstance(a, Failure)), None)
+                fail = None
+                for a in args:
+                    if isinstance(a, Failure):
+                        fail = a
+                        break
                 if fail is not None:
                     value = fail
                 else:
-                    donor = self._donor(node, owned, remaining, wanted)
+                    writes = spec.out is not None or spec.comparison  # (_writes_out)
+                    donor = self._donor(node, owned, remaining, wanted) if writes else None
                     if donor is not None:
                         buffer = live.get(donor)
                         owned.discard(donor)
-                    elif pool and self._writes_out(node) and any(
+                    elif pool and writes and any(
                             a.shape == shape for a in args):  # a full-size result only
                         buffer = pool.pop()  # a recycled, still cache-warm buffer
                     else:
@@ -218,10 +229,10 @@ class PopulationEvaluator:
                     value = self._apply(node, args, buffer)
                 self.nodes_evaluated += 1
                 if isinstance(value, torch.Tensor):
-                    if ops.REGISTRY[node.op].alias:  # its argument's memory: nobody owns it
+                    if spec.alias:  # its argument's memory: nobody owns it
                         owned.discard(node.args[0])
-                    elif node in self.terminal_nodes:
-                        self.cache[node] = value
+                    elif node in terminal_nodes:
+                        cache[node] = value
                     elif value.shape == shape:
                         owned.add(node)
             else:
@@ -229,9 +240,9 @@ class PopulationEvaluator:
             live[node] = value
             if node in wanted:
                 results[node] = value
-            for child in node.children:
-                remaining[child] -= 1
-                if remaining[child] == 0:
+            for child in (node.args if type(node) is Call else ()):
+                left = remaining[child] = remaining[child] - 1
+                if left == 0:
                     dead = live.pop(child, None)
                     if child in owned:
                         owned.discard(child)
@@ -250,7 +261,7 @@ class PopulationEvaluator:
             return None
         for child in node.args:
             if (child in owned and child not in wanted
-                    and remaining[child] == sum(a == child for a in node.args)):
+                    and remaining[child] == node.args.count(child)):
                 return child
         return None
 

@@ -287,32 +287,53 @@ def compare_scales(value: torch.Tensor, grads: Mapping[str, torch.Tensor],
     taken with respect to equal), or None. ``powers``: that length power per gradient, a
     number or one per entry of its last dimension (an angle's is 0, an area's 2); 1 (a
     position or a length) where not given."""
-    k = len(scales)
-    ref_index = list(scales).index(1.0)
-    v = value.detach().double().reshape(k, -1)
-    ref = v[ref_index]
-    tol = rtol * ref.abs() + 1e-9 * (1 + float(ref.abs().max()))
-    bad = (v - ref).abs() > tol
-    if bool(bad.any()):
-        s, i = (int(x) for x in bad.nonzero()[0])
+    bad_v, bad_g, v, ref = _scale_mismatch(value[None], {n: g[None] for n, g in grads.items()},
+                                           scales, rtol, powers)
+    if bool(bad_v.any()):
+        _, s, i = (int(x) for x in bad_v.nonzero()[0])
         return (f"not scale invariant: for boxes scaled by {scales[s]:g} (and shifted) the loss "
-                f"is {float(v[s, i]):.6g} instead of {float(ref[i]):.6g}")
-    if not grads:
-        return None
-    names = list(grads)
-    scale = torch.tensor(scales, dtype=torch.float64)[:, None]
-    blocks = []
-    for n in names:
-        grad = grads[n].detach().double()
-        power = torch.as_tensor((powers or {}).get(n, 1.0), dtype=torch.float64)
-        blocks.append(grad.reshape(k, -1) * scale ** power.expand(grad.shape).reshape(k, -1))
-    g = torch.stack(blocks, 1)  # (scale, gradient, entry): the same at every scale
-    ref_g = g[ref_index]
-    gtol = 1e-3 * ref_g.abs() + 1e-6 * (ref_g.abs().amax(1, keepdim=True) + 1e-12)
-    bad = (g - ref_g).abs() > gtol
-    if bool(bad.any()):
-        s, c, _ = (int(x) for x in bad.nonzero()[0])
+                f"is {float(v[0, s, i]):.6g} instead of {float(ref[0, i]):.6g}")
+    if bad_g is not None and bool(bad_g.any()):
+        names = list(grads)
+        _, s, c, _ = (int(x) for x in bad_g.nonzero()[0])
         return (f"not scale invariant: for boxes scaled by {scales[s]:g} the gradient "
                 f"d/d{names[c]} is not 1/{scales[s]:g} times the unscaled one (for a "
                 f"position or a length; 1/{scales[s]:g}^2 for an area, 1 for an angle)")
     return None
+
+
+def scale_invariant(values: torch.Tensor, grads: Mapping[str, torch.Tensor],
+                    scales: Sequence[float], rtol: float = 1e-4,
+                    powers: Optional[Mapping[str, object]] = None) -> torch.Tensor:
+    """:func:`compare_scales` for a stack of losses at once (the leading dimension of
+    ``values`` and of every gradient): a bool per loss, True where it finds no problem
+    (the same arithmetic, so the same answer; ask :func:`compare_scales` for the reason)."""
+    bad_v, bad_g, _, _ = _scale_mismatch(values, grads, scales, rtol, powers)
+    ok = ~bad_v.flatten(1).any(1)
+    return ok if bad_g is None else ok & ~bad_g.flatten(1).any(1)
+
+
+def _scale_mismatch(value, grads, scales, rtol, powers):
+    """The entries that break invariance, for losses stacked along the first dimension:
+    values (loss, scale, entry), gradients (loss, scale, gradient, entry) or None, and
+    the values with their unscaled reference."""
+    k = len(scales)
+    ref_index = list(scales).index(1.0)
+    v = value.detach().double().reshape(len(value), k, -1)
+    ref = v[:, ref_index]
+    tol = rtol * ref.abs() + 1e-9 * (1 + ref.abs().amax(1, keepdim=True))
+    bad_v = (v - ref[:, None]).abs() > tol[:, None]
+    if not grads:
+        return bad_v, None, v, ref
+    scale = torch.tensor(scales, dtype=torch.float64)[:, None]
+    blocks = []
+    for n, grad in grads.items():
+        grad = grad.detach().double()
+        power = torch.as_tensor((powers or {}).get(n, 1.0), dtype=torch.float64)
+        factor = scale ** power.expand(grad.shape[1:]).reshape(k, -1)
+        blocks.append(grad.reshape(len(grad), k, -1) * factor)
+    g = torch.stack(blocks, 2)  # (loss, scale, gradient, entry): the same at every scale
+    ref_g = g[:, ref_index]
+    gtol = 1e-3 * ref_g.abs() + 1e-6 * (ref_g.abs().amax(2, keepdim=True) + 1e-12)
+    bad_g = (g - ref_g[:, None]).abs() > gtol[:, None]
+    return bad_v, bad_g, v, ref

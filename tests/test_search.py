@@ -192,6 +192,40 @@ def test_equivalence_up_to_scale_depends_on_the_proxy():
         assert (vb.filter == "equivalent" and vb.reused_from == 7) == equivalent
 
 
+def test_batched_filters_judge_as_each_candidate_alone(monkeypatch):
+    """The filters' shortcuts (one canonical memo for the key, the constant check and the
+    probes; the probes of a whole batch in one sweep; finiteness and the unit probe
+    decided for the batch at once) give every candidate the verdict, reason and
+    fingerprint of the straightforward path: one candidate at a time, its key from
+    Candidate.key, every check through the per-candidate methods."""
+    rng = random.Random(3)
+    grammar = Grammar.of(spaces.load("box-regression").slots["reg"])
+    cands = [Candidate({"reg": grammar.tree(rng, max_depth=6)}) for _ in range(300)]
+    cands += cands[:5]  # duplicates within the batch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batched = FilterBank({"reg": "box"}).check(cands)
+        assert torch.get_num_threads() == 2  # the filters run on one thread, then restore
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(FilterBank, "_cleared",
+                        lambda self, rand, edge, scaled, slot: [False] * len(rand))
+    alone, first = FilterBank({"reg": "box"}), {}
+    for i, (cand, got) in enumerate(zip(cands, batched)):
+        key = cand.key
+        if key in first:
+            assert got.filter == "duplicate" and got.reused_from == -1, (i, got)
+            continue
+        first[key] = i
+        (want,) = alone.check([cand])
+        assert (got.status, got.filter, got.reason, got.fingerprint) == \
+            (want.status, want.filter, want.reason, want.fingerprint), (i, cand.formula())
+    statuses = Counter(v.filter or v.status for v in batched)
+    # the sample reaches every filter a random tree can fail, and some pass
+    assert {"accepted", "duplicate", "units", "finite", "convergence"} <= set(statuses)
+
+
 @pytest.mark.slow
 def test_ten_thousand_random_candidates_through_the_filters():
     rng = random.Random(0)

@@ -130,6 +130,24 @@ def test_zoo_box_losses_are_invariant_exactly_when_the_catalog_says(loss_id):
         assert problem is not None and "not scale invariant" in problem
 
 
+def test_the_batched_unit_probe_answers_as_compare_scales_loss_by_loss():
+    """scale_invariant (the filters judge a batch at once) agrees with compare_scales
+    on the zoo's box losses, invariant or not, and on a gradient scaled wrongly."""
+    (pred, target), scales = _pixel_probe()
+    values, grads, expected = [], [], []
+    for spec in catalog.of_signature("box"):
+        p = pred.clone().requires_grad_(True)
+        value = zoo.build(spec.id)(p, target)
+        (grad,) = torch.autograd.grad(value.sum(), p)
+        for g in (grad, grad * torch.tensor(scales).repeat_interleave(48)[:, None]):
+            values.append(value.detach())
+            grads.append(g)
+            expected.append(units.compare_scales(value, {"pred": g}, scales) is None)
+    got = units.scale_invariant(torch.stack(values), {"pred": torch.stack(grads)}, scales)
+    assert got.tolist() == expected
+    assert True in expected and False in expected
+
+
 def test_only_losses_of_boxes_have_an_invariance_verdict():
     # box and rbox: the signatures whose inputs have lengths (the rbox zoo's numeric probe
     # is in test_rotated_zoo)

@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .. import canon
 from .. import expr as E
@@ -25,7 +25,13 @@ class Candidate:
     @property
     def key(self) -> str:
         """Canonical identity: equal spellings, parameter values and choices hash alike."""
-        parts = [f"{s}={canon.canonical_hash(e)}" for s, e in sorted(self.slots.items())]
+        return self.key_with(None)
+
+    def key_with(self, canonicalizer: Optional[canon.Canonicalizer]) -> str:
+        """:attr:`key`, canonicalizing with ``canonicalizer`` (a memo shared across a
+        population: the filters canonicalize each candidate again)."""
+        parts = [f"{s}={canon.canonical_hash(e, canonicalizer=canonicalizer)}"
+                 for s, e in sorted(self.slots.items())]
         parts.append(json.dumps(self.choices, sort_keys=True))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

@@ -45,19 +45,30 @@ _ANYWHERE = torch.tensor([-1e3, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.
                          dtype=torch.float64)
 
 
-def undefined_constant_op(root) -> Optional[str]:
+def undefined_constant_op(root, canonicalizer: Optional[canon.Canonicalizer] = None,
+                          known: Optional[dict] = None) -> Optional[str]:
     """Why ``root`` (canonicalised) holds an op on a constant argument that is NaN or
     infinite whatever its other arguments are (``x / 0``, ``log(0)``, ``sqrt(-1)``), or
     None. Such a candidate is degenerate: in search mode its guarded op would return a
-    clamped stand-in instead of failing."""
-    for node in E.postorder(canon.canonical(root)):
+    clamped stand-in instead of failing.
+
+    ``canonicalizer`` and ``known`` (the answer per op and constant arguments) are memos
+    to share across a population."""
+    known = {} if known is None else known
+    for node in E.postorder((canonicalizer or canon.Canonicalizer())(root)):
         if type(node) is not Call or not any(type(a) is Const for a in node.args):
             continue
-        args = [torch.tensor(a.value, dtype=torch.float64) if type(a) is Const else _ANYWHERE
-                for a in node.args]
-        with torch.no_grad(), np.errstate(all="ignore"):
-            value = ops.REGISTRY[node.op].fn(*args)
-        if not torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).any():
+        # the answer depends on the op and its constant arguments only
+        key = (node.op, tuple(a.value if type(a) is Const else None for a in node.args))
+        undefined = known.get(key)
+        if undefined is None:
+            args = [torch.tensor(a.value, dtype=torch.float64) if type(a) is Const
+                    else _ANYWHERE for a in node.args]
+            with torch.no_grad(), np.errstate(all="ignore"):
+                value = ops.REGISTRY[node.op].fn(*args)
+            undefined = known[key] = not bool(
+                torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).any())
+        if undefined:
             return f"{E.to_infix(node)} is undefined whatever its arguments (NaN or infinite)"
     return None
 
@@ -95,6 +106,12 @@ class FilterBank:
         require_kind(kind, "the search filters")
         self.signatures = dict(signatures)
         self.scale_matters = scale_matters
+        # memos shared by every batch: canonical forms (the duplicate key, the constant
+        # check and the probes' pipelines all canonicalize each candidate), the constant
+        # check's answer per op and constants, whether a DAG node holds a batch-level op
+        self.canonicalizer = canon.Canonicalizer()
+        self._constant_ops: dict = {}
+        self._batch_ops: dict = {}
         g = torch.Generator().manual_seed(seed)
         self.probes, self.convergence = {}, {}
         for slot, name in self.signatures.items():
@@ -103,9 +120,11 @@ class FilterBank:
             if sig.has_units:  # pixel-sized boxes, then scaled and shifted
                 scaled = units.probe_inputs(sig, 16, g)
             self.probes[slot] = _Probes(sig, sig.sample(probe_rows, g, dtype=torch.float64),
-                                        sig.degenerate(torch.float64), scaled)
+                                        sig.degenerate(torch.float64), scaled,
+                                        canonicalizer=self.canonicalizer,
+                                        batch_ops=self._batch_ops)
             self.convergence[slot] = None if sig.convergence is None else _Ladder(
-                sig, convergence_inputs(name, seed=seed))
+                sig, convergence_inputs(name, seed=seed), batch_ops=self._batch_ops)
         self.seen_keys: dict[str, int] = {}
         self.seen_prints: dict[str, int] = {}
 
@@ -118,11 +137,27 @@ class FilterBank:
 
     # -- the filters -----------------------------------------------------------------------
     def check(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """The verdict of each candidate (see the module docstring).
+
+        The probes are a few hundred rows: on several torch threads their transcendental
+        ops (``exp``, ``log``, ...) pay a thread hand-off that costs more than the
+        arithmetic (and up to milliseconds an op when the other cores are busy), so the
+        filters run on one thread and restore the caller's count after."""
+        before = torch.get_num_threads()
+        if before == 1:
+            return self._check(candidates)
+        torch.set_num_threads(1)
+        try:
+            return self._check(candidates)
+        finally:
+            torch.set_num_threads(before)
+
+    def _check(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         verdicts: list[Optional[Verdict]] = [None] * len(candidates)
         batch_keys: dict[str, int] = {}
         todo = []
         for i, cand in enumerate(candidates):
-            key = cand.key
+            key = cand.key_with(self.canonicalizer)
             if key in self.seen_keys:
                 verdicts[i] = Verdict(False, "duplicate", "same canonical form as trial "
                                       f"{self.seen_keys[key]}", self.seen_keys[key])
@@ -135,7 +170,8 @@ class FilterBank:
         for i in list(todo):
             verdict = self._dimensions(candidates[i])
             reason = next((r for e in candidates[i].slots.values()
-                           for r in [undefined_constant_op(e)] if r), None)
+                           for r in [undefined_constant_op(e, self.canonicalizer,
+                                                           self._constant_ops)] if r), None)
             if verdict is None and reason is not None:
                 verdict = Verdict(False, "finite", reason)
             if verdict is not None:
@@ -147,11 +183,12 @@ class FilterBank:
                 [candidates[i].slots[slot] for i in todo])
             ladder = self.convergence[slot]
             conv = [None] * len(graphs) if ladder is None else ladder.evaluate_graphs(graphs)
-            for i, r, e, u, c in zip(todo, rand, edge, scaled, conv):
+            cleared = self._cleared(rand, edge, scaled, slot)
+            for i, r, e, u, c, ok in zip(todo, rand, edge, scaled, conv, cleared):
                 if verdicts[i] is not None:
                     continue
-                verdicts[i] = (self._compiles(r) or self._finite(r, e, slot)
-                               or self._invariant(u, slot) or self._converges(c, slot))
+                verdicts[i] = ((None if ok else self._compiles(r) or self._finite(r, e, slot)
+                                or self._invariant(u, slot)) or self._converges(c, slot))
                 if verdicts[i] is None:
                     prints[i].append(self._fingerprint(r))
         for i in todo:
@@ -181,6 +218,41 @@ class FilterBank:
             if problem:
                 return Verdict(False, "units", f"{problem} (slot {slot!r})")
         return None
+
+    def _cleared(self, rand, edge, scaled, slot: str) -> list[bool]:
+        """Per candidate, whether :meth:`_compiles`, :meth:`_finite` and :meth:`_invariant`
+        all pass, decided for the whole batch in a few tensor ops (the same tests on the
+        same numbers); a candidate not cleared goes through those methods, which give the
+        reason. One call per candidate costs far more than the arithmetic."""
+        cleared = [False] * len(rand)
+        idx = [j for j, (r, e, u) in enumerate(zip(rand, edge, scaled))
+               if type(r) is Result and type(e) is Result and (u is None or type(u) is Result)]
+        if not idx:
+            return cleared
+        columns = list(rand[idx[0]].grads)
+
+        def stack(results):
+            return (torch.stack([results[j].value for j in idx]),
+                    {c: torch.stack([results[j].grads[c] for j in idx]) for c in columns})
+
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        moving = torch.zeros(len(idx), dtype=torch.bool)  # some gradient not zero everywhere
+        for part in (rand, edge):
+            values, grads = stack(part)
+            ok &= torch.isfinite(values).flatten(1).all(1)
+            for g in grads.values():
+                ok &= torch.isfinite(g).flatten(1).all(1)
+                if part is rand:
+                    moving |= g.abs().flatten(1).amax(1) != 0
+        ok &= moving
+        if scaled[idx[0]] is not None:
+            values, grads = stack(scaled)
+            dims = SIGNATURES[self.signatures[slot]].dims
+            ok &= units.scale_invariant(values, grads, units.SCALES,
+                                        powers={c: float(dims[c].power) for c in grads})
+        for j, flag in zip(idx, ok.tolist()):
+            cleared[j] = flag
+        return cleared
 
     def _invariant(self, u, slot: str) -> Optional[Verdict]:
         if u is None:
@@ -269,7 +341,9 @@ class _Probes:
     its batch terms are taken over that probe batch.
     """
 
-    def __init__(self, sig, random_inputs, degenerate_inputs, scaled=None):
+    def __init__(self, sig, random_inputs, degenerate_inputs, scaled=None, *,
+                 canonicalizer: Optional[canon.Canonicalizer] = None,
+                 batch_ops: Optional[dict] = None):
         groups = [random_inputs, degenerate_inputs] + ([scaled[0]] if scaled else [])
         bounds = [0]
         for inputs in groups:
@@ -277,6 +351,7 @@ class _Probes:
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
         self.scaled = scaled is not None
         self.sig, self.groups = sig, groups
+        self.batch_ops = {} if batch_ops is None else batch_ops
         self._alone: Optional[list] = None  # an evaluator per probe set, made when needed
         joinable = not any(i.per_class for i in sig.inputs) and all(
             (a is None) == (b is None) and (a is None or a.shape[1:] == b.shape[1:])
@@ -284,12 +359,14 @@ class _Probes:
         if joinable:
             joint = tuple(None if parts[0] is None else torch.cat(parts)
                           for parts in zip(*groups))
-            self.joint = PopulationEvaluator(sig, joint, mode="search")
+            self.joint = PopulationEvaluator(sig, joint, mode="search",
+                                             canonicalizer=canonicalizer)
         else:
             if scaled is not None:
                 raise ValueError(f"the {sig.name!r} signature's unit probe needs row-wise inputs")
             self.joint = None
-            self.random = PopulationEvaluator(sig, random_inputs, mode="search")
+            self.random = PopulationEvaluator(sig, random_inputs, mode="search",
+                                              canonicalizer=canonicalizer)
             self.edges = PopulationEvaluator(sig, degenerate_inputs, mode="search")
 
     def evaluate(self, expressions):
@@ -301,8 +378,9 @@ class _Probes:
                     self.edges.evaluate_graphs(graphs, grad=True), [None] * len(graphs))
         graphs = self.joint.graphs(expressions)
         batch = [i for i, g in enumerate(graphs)
-                 if not isinstance(g, Failure) and _has_batch_op(g)]
-        rowwise = [Failure("batch-level: runs per probe set") if i in set(batch) else g
+                 if not isinstance(g, Failure) and _has_batch_op(g, self.batch_ops)]
+        apart = set(batch)
+        rowwise = [Failure("batch-level: runs per probe set") if i in apart else g
                    for i, g in enumerate(graphs)]
         both = self.joint.evaluate_graphs(rowwise, grad=True)
         parts = [[self._rows(r, rows) for r in both] for rows in self.slices]
@@ -328,15 +406,17 @@ class _Ladder:
     row-wise candidates; a candidate with a batch-level op runs on each block alone, so its
     batch terms are taken over one step of the ladder, not over all of them."""
 
-    def __init__(self, sig, inputs):
+    def __init__(self, sig, inputs, *, batch_ops: Optional[dict] = None):
         self.sig, self.inputs = sig, inputs
+        self.batch_ops = {} if batch_ops is None else batch_ops
         self.joint = PopulationEvaluator(sig, inputs, mode="search")
         self._blocks: Optional[list] = None
 
     def evaluate_graphs(self, graphs):
         batch = [i for i, g in enumerate(graphs)
-                 if not isinstance(g, Failure) and _has_batch_op(g)]
-        out = self.joint.evaluate_graphs([Failure("batch-level: runs per step") if i in batch
+                 if not isinstance(g, Failure) and _has_batch_op(g, self.batch_ops)]
+        apart = set(batch)
+        out = self.joint.evaluate_graphs([Failure("batch-level: runs per step") if i in apart
                                           else g for i, g in enumerate(graphs)])
         if batch:
             if self._blocks is None:
@@ -353,5 +433,11 @@ class _Ladder:
         return out
 
 
-def _has_batch_op(graph) -> bool:
-    return any(type(n) is Call and ops.REGISTRY[n.op].batch for n in E.postorder(graph))
+def _has_batch_op(graph, memo: dict) -> bool:
+    """Whether ``graph`` holds a batch-level op; ``memo`` keeps the answer per node, so the
+    terminals' subgraphs, shared by every candidate, are walked once."""
+    for node in E.postorder(graph, memo):
+        if node not in memo:
+            memo[node] = type(node) is Call and (ops.REGISTRY[node.op].batch
+                                                 or any(memo[a] for a in node.args))
+    return memo[graph]
