@@ -53,7 +53,12 @@ class Candidate:
         return dataclasses.replace(self, slots=slots)
 
     def compiled(self, slot: str, signature: str, mode: str = "search") -> CompiledLoss:
-        return compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
+        """The slot's expression compiled; for a signature that is one piece of a set-level
+        loss (rank: the smoothed step), the set-level loss built on it (what a proxy calls;
+        its ``step`` is the compiled expression)."""
+        loss = compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
+        set_level = SIGNATURES[signature].set_level
+        return loss if set_level is None else set_level(loss)
 
     def attrs(self) -> dict[str, Any]:
         """JSON-serializable trial attributes from which the candidate can be rebuilt."""

@@ -11,7 +11,9 @@ In order, for a batch of candidates (scored together by the population evaluator
 4. ``finite``: an op applied to constants that is undefined whatever its other arguments
    (``x / 0``, ``log(0)``: search-mode guards would hide it) -> rejected; values and
    gradients on random and degenerate probe inputs -> rejected if NaN/inf or if the
-   gradient is zero everywhere (a loss that cannot train);
+   gradient is zero everywhere (a loss that cannot train); ``step``: the signature's own
+   admissibility check on the same probes (``Signature.screen``; rank: a smoothed step is
+   >= 0 and vanishes far below);
 5. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
    (IoU -> 1, p -> y) the loss must decrease on average and be minimal at the target;
 6. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
@@ -210,6 +212,12 @@ class FilterBank:
                 if not torch.isfinite(g).all():
                     return Verdict(False, "finite", f"non-finite gradient d/d{col} on {name} "
                                                     f"(slot {slot!r})")
+        screen = SIGNATURES[self.signatures[slot]].screen
+        if screen is not None:  # the signature's own admissibility (rank: a step's shape)
+            for probe, res in zip(self.probes[slot].groups, (r, e)):
+                reason = screen(probe, res.value)
+                if reason:
+                    return Verdict(False, "step", f"{reason} (slot {slot!r})")
         if all(float(g.abs().max()) == 0.0 for g in r.grads.values()):
             return Verdict(False, "finite", f"zero gradient with respect to the prediction "
                                             f"everywhere (slot {slot!r}): it cannot train")

@@ -21,6 +21,7 @@ from .. import proxies
 from ..compiler import compile_loss
 from ..evaluate import evaluate, gradient_scale, resolve_loss
 from ..proxies.base import CandidateFailure
+from ..signatures import SIGNATURES
 from .candidate import Candidate
 from .runs import Run
 from .strategies import zoo_seed
@@ -147,6 +148,10 @@ class Validation:
         if pull is None:
             return None
         signature = self.signatures[self.space.validation["transfer"]["searched_slot"]]
+        if SIGNATURES[signature].set_level is not None:
+            # a multiple of a step is another ranking loss, not a stronger pull of the same
+            # one (and the set-level loss normalises itself): it transfers as it is
+            return None
         mine = gradient_scale(compile_loss(expression, signature, mode="search"))
         if not (math.isfinite(mine) and mine > 0):
             return None
