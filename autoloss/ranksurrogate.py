@@ -172,6 +172,12 @@ def _autograd(logits, pos, neg, step, params, interpolate):
     return (1 - iprec.mean()).to(vdt)
 
 
+#: the core as an export ships it, read from this module (so the shipped code is the code
+#: the search ran): it needs torch, ``_BLOCK_ELEMENTS``, ``StepError``, ranking's two dtype
+#: helpers, and a step object with ``name`` and ``__call__(x, **params)``
+SHIPPED = (_h, _Sums, _precision, _error_forward, _ErrorDriven, _autograd)
+
+
 def rank_loss(logits: Tensor, labels: Tensor, step, *, update: Update = "error",
               interpolate: bool = True, **params) -> Tensor:
     """AP-Loss's combination over a searchable smoothed step (see the module docstring).

@@ -216,3 +216,25 @@ def test_tiny_ranking_search_finishes_trials(tmp_path):
     origins = [t.user_attrs["candidate"]["origin"] for t in study.trials[:2]]
     assert origins == ["seed:ap_step", "seed:sigmoid_step"]
     assert summary["trials"] >= 5
+
+
+# ------------------------------------------------------------------------------- export
+def test_export_ships_the_step_and_the_core(tmp_path):
+    from autoloss import export
+
+    path = export.to_file(RankLoss(zoo.compiled("ap_step")), tmp_path / "rank.py", "MyRank",
+                          params={"delta": 0.5})
+    module = export.load(path)
+    text = path.read_text()
+    assert "import autoloss" not in text and "from autoloss" not in text
+    logits, labels = batch(10)
+    want = value_and_grad(ranking.ap_loss, logits, labels, delta=0.5)
+    got = value_and_grad(module.MyRank(), logits, labels)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+    step = zoo.compiled("sigmoid_step")
+    want = value_and_grad(rank_loss, logits, labels, step, update="autograd")
+    module = export.load(export.to_file(RankLoss(step), tmp_path / "s.py", "SmoothRank"))
+    got = value_and_grad(module.smooth_rank_loss, logits, labels, update="autograd")
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
