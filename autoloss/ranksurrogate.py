@@ -32,7 +32,8 @@ evaluated densely: blocks of B positives against all N elements with B * N <= 2*
 step run on each block as a flat (B * N,) batch. O(P * N) work (``ranking.ap_loss``, for
 the ramp only, is O((P + N) log P)); the error-driven update keeps no graph (a second pass
 recomputes the blocks when there is more than one); the autograd update keeps the graph
-of every block, O(P * N) memory. Sums are taken in float64 (float32 on MPS).
+of every block, O(P * N) memory. The pair grid and the step run in the logits' dtype
+(float32 for half precision); sums over it are taken in float64 (float32 on MPS).
 """
 from __future__ import annotations
 
@@ -76,11 +77,13 @@ def _as_step(step):
 def _h(step, params: dict, x: Tensor) -> Tensor:
     """H on a block of differences (any shape), checked: finite and >= 0."""
     h = step(x.reshape(-1), **params).reshape(x.shape)
-    bad = ~torch.isfinite(h) | (h < 0)
-    if bool(bad.any()):
-        k = int(bad.reshape(-1).nonzero()[0, 0])
-        raise StepError(f"the step {step.name} gave H = {h.reshape(-1)[k].item():.4g} at x = "
-                        f"{x.reshape(-1)[k].item():.4g}: a smoothed step must be finite and >= 0")
+    if h.numel() == 0:
+        return h
+    low, high = torch.aminmax(h)  # one pass; NaN propagates and fails the comparison
+    if not (bool(low >= 0) and bool(high < float("inf"))):
+        k = int((~torch.isfinite(h) | (h < 0)).reshape(-1).nonzero()[0, 0])
+        raise StepError(f"step {step.name!r}: H = {h.reshape(-1)[k].item():.4g} at x = "
+                        f"{x.reshape(-1)[k].item():.4g}; a smoothed step must be finite and >= 0")
     return h
 
 
@@ -88,6 +91,7 @@ class _Sums:
     """rank_pos and FP of every positive, from blocks of the pair grid."""
 
     def __init__(self, step, params, fg: Tensor, bg: Tensor, keep: bool):
+        acc = _acc_dtype(fg)
         n_pos = fg.numel()
         self.block = max(1, _BLOCK_ELEMENTS // max(1, bg.numel() + n_pos))
         self.blocks = []  # the negatives' blocks of H, when one block holds them all
@@ -100,8 +104,8 @@ class _Sums:
             mask = torch.zeros_like(h_pos, dtype=torch.bool)
             mask[own, start + own] = True
             h_pos = torch.where(mask, torch.zeros_like(h_pos), h_pos)  # k != i
-            rank_pos.append(1 + h_pos.sum(1))
-            fp.append(h_neg.sum(1))
+            rank_pos.append(1 + h_pos.sum(1, dtype=acc))
+            fp.append(h_neg.sum(1, dtype=acc))
             if keep and n_pos <= self.block:
                 self.blocks.append(h_neg)
         self.rank_pos = torch.cat(rank_pos)
@@ -125,20 +129,19 @@ def _error_forward(logits, pos, neg, step, params, interpolate):
     vdt = _value_dtype(logits)
     if pos_idx.numel() == 0:
         return logits.new_zeros((), dtype=vdt), torch.zeros_like(logits)
-    acc = _acc_dtype(logits)
     x = logits.detach()
-    fg, bg = x[pos_idx].to(acc), x[neg_idx].to(acc)
+    fg, bg = x[pos_idx].to(vdt), x[neg_idx].to(vdt)  # the pair grid in the logits' dtype
     n_pos = fg.numel()
     sums = _Sums(step, params, fg, bg, keep=True)
     rank, prec, iprec = _precision(sums, fg, interpolate)
     scale = torch.where(iprec > prec, (1 - iprec) / (1 - prec), torch.ones_like(prec))
     weight = scale / rank
-    bg_grad = torch.zeros_like(bg)
+    bg_grad = torch.zeros_like(bg, dtype=weight.dtype)
     for k, start in enumerate(range(0, n_pos, sums.block)):
         rows = slice(start, start + sums.block)
         h_neg = sums.blocks[k] if sums.blocks else _h(step, params,
                                                       bg[None, :] - fg[rows, None])
-        bg_grad += weight[rows] @ h_neg
+        bg_grad += weight[rows].to(h_neg.dtype) @ h_neg  # a sum over a block of positives
     grad = torch.zeros_like(logits)
     grad[pos_idx] = (-(1 - iprec) / n_pos).to(grad.dtype)
     grad[neg_idx] = (bg_grad / n_pos).to(grad.dtype)
@@ -165,8 +168,7 @@ def _autograd(logits, pos, neg, step, params, interpolate):
     vdt = _value_dtype(logits)
     if pos_idx.numel() == 0:
         return (logits.sum() * 0).to(vdt)
-    acc = _acc_dtype(logits)
-    fg, bg = logits[pos_idx].to(acc), logits[neg_idx].to(acc)
+    fg, bg = logits[pos_idx].to(vdt), logits[neg_idx].to(vdt)
     sums = _Sums(step, params, fg, bg, keep=False)
     _, _, iprec = _precision(sums, fg, interpolate)
     return (1 - iprec.mean()).to(vdt)
