@@ -272,8 +272,15 @@ def to_source_joint(losses: Mapping[str, CompiledLoss], names: Mapping[str, str]
                     params: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
                     choices: Mapping[str, object], provenance: Provenance) -> str:
     """One module for a joint search: one class per slot, plus the searched weights."""
+    from .ranksurrogate import RankLoss
+
     parts, exported = [], []
     for slot, compiled in losses.items():
+        if isinstance(compiled, RankLoss):
+            raise AutolossError(
+                f"slot {slot!r} holds a ranking surrogate (a set-level loss on the step "
+                f"{E.to_infix(compiled.expression)}); a joint export writes elementwise losses "
+                "only. Export that slot alone: export.to_file(RankLoss(step), ...)")
         codegen.check_identifier(slot, "slot name")
         parts.append(to_source(compiled, names[slot], params.get(slot), provenance=provenance,
                                _prefix=slot, _module=False))

@@ -238,3 +238,12 @@ def test_export_ships_the_step_and_the_core(tmp_path):
     got = value_and_grad(module.smooth_rank_loss, logits, labels, update="autograd")
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_joint_export_refuses_a_ranking_surrogate_clearly():
+    from autoloss import export
+    from autoloss.errors import AutolossError
+
+    with pytest.raises(AutolossError, match="ranking surrogate.*Export that slot alone"):
+        export.to_source_joint({"cls": zoo.loss("ap_step"), "reg": zoo.compiled("giou")},
+                               {"cls": "A", "reg": "B"}, {}, {}, {}, export.Provenance())
