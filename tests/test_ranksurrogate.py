@@ -247,3 +247,18 @@ def test_joint_export_refuses_a_ranking_surrogate_clearly():
     with pytest.raises(AutolossError, match="ranking surrogate.*Export that slot alone"):
         export.to_source_joint({"cls": zoo.loss("ap_step"), "reg": zoo.compiled("giou")},
                                {"cls": "A", "reg": "B"}, {}, {}, {}, export.Provenance())
+
+
+def test_a_space_sets_the_update_and_the_precision():
+    data = tomllib.loads(open("search_spaces/ranking.toml", encoding="utf-8").read())
+    data["slots"]["cls"]["set_level"] = {"update": "autograd", "interpolate": False}
+    space = spaces.parse_space(data, "ranking", "ranking.toml")
+    cand = Candidate({"cls": zoo.get("sigmoid_step").expression})
+    loss = cand.compiled("cls", "rank", set_level=space.slots["cls"].set_level)
+    assert (loss.update, loss.interpolate) == ("autograd", False)
+    for bad, message in (({"update": "ste"}, "update must be one of"),
+                         ({"interpolation": False}, "did you mean 'interpolate'"),
+                         ("autograd", "must be a table")):
+        data["slots"]["cls"]["set_level"] = bad
+        with pytest.raises(spaces.SpaceError, match=message):
+            spaces.parse_space(data, "ranking", "ranking.toml")

@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .. import canon
 from .. import expr as E
@@ -52,13 +52,15 @@ class Candidate:
         slots[slot] = E.mul(E.const(weight), slots[slot])
         return dataclasses.replace(self, slots=slots)
 
-    def compiled(self, slot: str, signature: str, mode: str = "search") -> CompiledLoss:
+    def compiled(self, slot: str, signature: str, mode: str = "search",
+                 set_level: Optional[Mapping[str, Any]] = None) -> CompiledLoss:
         """The slot's expression compiled; for a signature that is one piece of a set-level
-        loss (rank: the smoothed step), the set-level loss built on it (what a proxy calls;
-        its ``step`` is the compiled expression)."""
+        loss (rank: the smoothed step), the set-level loss built on it with the options
+        ``set_level`` (the space slot's table: rank's ``update``, ``interpolate``), what a
+        proxy calls (its ``step`` is the compiled expression)."""
         loss = compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
-        set_level = SIGNATURES[signature].set_level
-        return loss if set_level is None else set_level(loss)
+        build = SIGNATURES[signature].set_level
+        return loss if build is None else build(loss, **dict(set_level or {}))
 
     def attrs(self) -> dict[str, Any]:
         """JSON-serializable trial attributes from which the candidate can be rebuilt."""

@@ -105,11 +105,22 @@ def screen(inputs, value: Tensor):
     return None
 
 
-def set_level(step):
-    """The set-level loss (:class:`autoloss.ranksurrogate.RankLoss`) of a compiled step."""
+def set_level(step, **options):
+    """The set-level loss (:class:`autoloss.ranksurrogate.RankLoss`) of a compiled step;
+    ``options``: its ``update`` and ``interpolate`` (a search space's ``set_level`` table)."""
+    from ..errors import SignatureError, did_you_mean
     from ..ranksurrogate import RankLoss
 
-    return RankLoss(step)
+    for key in options:
+        if key not in OPTIONS:
+            raise SignatureError(f"unknown option {key!r} of the rank signature's set-level "
+                                 f"loss; {did_you_mean(key, OPTIONS)} (it takes "
+                                 f"{', '.join(OPTIONS)})")
+    return RankLoss(step, **options)
+
+
+#: what ``set_level`` takes: RankLoss's update rule and precision
+OPTIONS = ("update", "interpolate")
 
 
 SIGNATURE = Signature(
