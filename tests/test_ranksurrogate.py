@@ -262,3 +262,15 @@ def test_a_space_sets_the_update_and_the_precision():
         data["slots"]["cls"]["set_level"] = bad
         with pytest.raises(spaces.SpaceError, match=message):
             spaces.parse_space(data, "ranking", "ranking.toml")
+
+
+def test_a_multiple_of_a_step_is_another_ranking_loss_not_an_equivalent():
+    """Adam-trained clssim does not reward k * L for an elementwise loss, but 2 H is another
+    ranking loss than H (rank_pos = 1 + 2 sum H): the filters must not reuse H's result."""
+    bank = FilterBank({"cls": "rank"}, scale_matters=False)
+    first = Candidate({"cls": parse("sigmoid(x / 0.5)", RANK.names, {})})
+    verdict = bank.check([first])[0]
+    assert verdict.ok
+    bank.remember(first, verdict, 0)
+    twice = bank.check([Candidate({"cls": parse("2 * sigmoid(x / 0.5)", RANK.names, {})})])[0]
+    assert twice.ok, twice.reason

@@ -155,7 +155,8 @@ class FilterBank:
                 verdicts[i] = (self._compiles(r) or self._finite(r, e, slot)
                                or self._invariant(u, slot) or self._converges(c, slot))
                 if verdicts[i] is None:
-                    prints[i].append(self._fingerprint(r))
+                    prints[i].append(self._fingerprint(
+                        r, values=SIGNATURES[self.signatures[slot]].set_level is not None))
         for i in todo:
             if verdicts[i] is not None:
                 continue
@@ -254,7 +255,16 @@ class FilterBank:
                            f"{float(worse.double().mean()) * 100:.0f}% of the probes (slot {slot!r})")
         return None
 
-    def _fingerprint(self, r: Result) -> str:
+    def _fingerprint(self, r: Result, values: bool = False) -> str:
+        """The normalised gradients on the probes (and their norm where the scale matters).
+        ``values``: a piece of a set-level loss (rank's step) is judged by its values too,
+        unnormalised: 2 H and H + c are other ranking losses than H (the precision changes,
+        and the error-driven update uses H's values, not its slope)."""
+        if values:
+            v = torch.cat([r.value.reshape(-1).double()] +
+                          [r.grads[c].reshape(-1).double() for c in sorted(r.grads)])
+            rounded = np.round(v.numpy(), 4) + 0.0
+            return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
         g = torch.cat([r.grads[c].reshape(-1) for c in sorted(r.grads)]).double()
         norm = float(g.norm())
         direction = (g / norm).numpy() if norm > 0 else g.numpy()
