@@ -187,10 +187,30 @@ def loss(loss_id: str) -> CompiledLoss | SetLevelLoss | ModuleLoss:
         return SetLevelLoss(spec)
     if spec.module:
         return ModuleLoss(spec)
-    set_level = get_signature(spec.signature).set_level
-    if set_level is not None:  # a piece of a set-level loss (rank: the smoothed step)
-        return set_level(compiled(loss_id))
-    return compiled(loss_id)
+    return slot_loss(compiled(loss_id))
+
+
+def slot_loss(loss: CompiledLoss, **options):
+    """What a proxy calls for a compiled expression: the expression itself, or, for a
+    signature whose expression is a piece of a set-level loss (rank: the smoothed step;
+    ``Signature.set_level`` names the class), that loss built on it with ``options`` (a
+    search space slot's ``set_level`` table: rank's ``update``, ``interpolate``)."""
+    target = loss.signature.set_level
+    if not target:
+        if options:
+            raise SignatureError(f"{loss.name}: the {loss.signature.name!r} signature's "
+                                 "expressions are losses themselves; they take no set-level "
+                                 f"options, got {sorted(options)}")
+        return loss
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    accepted = list(inspect.signature(cls).parameters)[1:]
+    for key in options:
+        if key not in accepted:
+            raise SignatureError(f"unknown option {key!r} of the {loss.signature.name!r} "
+                                 f"signature's set-level loss ({target}); "
+                                 f"{did_you_mean(key, accepted)}")
+    return cls(loss, **options)
 
 
 class ZooLoss(torch.nn.Module):
@@ -205,8 +225,7 @@ class ZooLoss(torch.nn.Module):
                              f"got {reduction!r}")
         # a step of the rank signature is a module of its own signature (over pair
         # differences); loss(id) is the set-level loss built on it
-        self.loss = (compiled(self.spec.id)
-                     if get_signature(self.spec.signature).set_level is not None
+        self.loss = (compiled(self.spec.id) if get_signature(self.spec.signature).set_level
                      else loss(self.spec.id))
         self.loss.values(params)  # validates names and values now, not at the first call
         if self.spec.kind == "S" and reduction == "none":

@@ -58,9 +58,10 @@ class Candidate:
         loss (rank: the smoothed step), the set-level loss built on it with the options
         ``set_level`` (the space slot's table: rank's ``update``, ``interpolate``), what a
         proxy calls (its ``step`` is the compiled expression)."""
+        from ..zoo import slot_loss
+
         loss = compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
-        build = SIGNATURES[signature].set_level
-        return loss if build is None else build(loss, **dict(set_level or {}))
+        return slot_loss(loss, **dict(set_level or {}))
 
     def attrs(self) -> dict[str, Any]:
         """JSON-serializable trial attributes from which the candidate can be rebuilt."""

@@ -156,7 +156,7 @@ class FilterBank:
                                or self._invariant(u, slot) or self._converges(c, slot))
                 if verdicts[i] is None:
                     prints[i].append(self._fingerprint(
-                        r, values=SIGNATURES[self.signatures[slot]].set_level is not None))
+                        r, values=bool(SIGNATURES[self.signatures[slot]].set_level)))
         for i in todo:
             if verdicts[i] is not None:
                 continue

@@ -504,7 +504,7 @@ def _set_level(file: str, table: str, options: Any, sig) -> dict[str, Any]:
     false``), checked by building that loss once."""
     if options is None:
         return {}
-    if sig.set_level is None:
+    if not sig.set_level:
         _fail(file, table, "set_level", f"the {sig.name!r} signature's expressions are losses "
                                         "themselves; set_level is for a signature whose "
                                         "expression is a piece of a set-level loss (rank)")
@@ -513,9 +513,10 @@ def _set_level(file: str, table: str, options: Any, sig) -> dict[str, Any]:
                                         "interpolate = false }")
     from ..compiler import compile_loss
     from ..expr import Var
+    from ..zoo import slot_loss
 
     try:
-        sig.set_level(compile_loss(Var(sig.columns[0]), sig, name="probe"), **options)
+        slot_loss(compile_loss(Var(sig.columns[0]), sig, name="probe"), **options)
     except (AutolossError, TypeError, ValueError) as err:
         _fail(file, table, "set_level", str(err))
     return dict(options)

@@ -149,7 +149,7 @@ class Validation:
         if pull is None:
             return None
         signature = self.signatures[self.space.validation["transfer"]["searched_slot"]]
-        if SIGNATURES[signature].set_level is not None:
+        if SIGNATURES[signature].set_level:
             # a multiple of a step is another ranking loss, not a stronger pull of the same
             # one (and the set-level loss normalises itself): it transfers as it is
             return None

@@ -154,9 +154,12 @@ class Signature:
     #: (rank: a smoothed step is >= 0 and vanishes far below). None: no such check
     screen: Optional[Callable[..., Optional[str]]] = None
     #: a signature whose expression is one piece of a set-level loss (rank: the smoothed
-    #: step): (compiled expression, **options) -> the set-level loss a proxy calls (options:
-    #: a search space slot's ``set_level`` table); None: the compiled expression is the loss
-    set_level: Optional[Callable[..., object]] = None
+    #: step): the class of that loss, ``"module:Class"`` (rank:
+    #: ``"autoloss.ranksurrogate:RankLoss"``), built as ``Class(compiled, **options)`` by
+    #: :func:`autoloss.zoo.slot_loss` (options: a search space slot's ``set_level`` table),
+    #: named, not imported, since it is built on the compiler; "": the compiled expression
+    #: is the loss
+    set_level: str = ""
     #: the slot signature that set-level loss fills (rank: "sigmoid", a classification
     #: slot); a proxy slot taking that signature takes this one too
     fills: str = ""

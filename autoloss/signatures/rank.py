@@ -14,7 +14,7 @@ alone, elementwise over pairs (output (M,)). The set-level loss it defines (DESI
 ``rank`` row: logits (N,), labels (N,) -> a scalar) is
 :class:`autoloss.ranksurrogate.RankLoss`, which evaluates the step on the (positive,
 other) pair grid of a batch, blocked to bound memory, and combines it as AP-Loss does;
-``set_level`` builds it, and a classification slot that takes a ``sigmoid`` loss takes it
+``set_level`` names it, and a classification slot that takes a ``sigmoid`` loss takes it
 (``fills``).
 
 The filters see the step on its own: finite on random and saturated differences, not
@@ -105,22 +105,6 @@ def screen(inputs, value: Tensor):
     return None
 
 
-def set_level(step, **options):
-    """The set-level loss (:class:`autoloss.ranksurrogate.RankLoss`) of a compiled step;
-    ``options``: its ``update`` and ``interpolate`` (a search space's ``set_level`` table)."""
-    from ..errors import SignatureError, did_you_mean
-    from ..ranksurrogate import RankLoss
-
-    for key in options:
-        if key not in OPTIONS:
-            raise SignatureError(f"unknown option {key!r} of the rank signature's set-level "
-                                 f"loss; {did_you_mean(key, OPTIONS)} (it takes "
-                                 f"{', '.join(OPTIONS)})")
-    return RankLoss(step, **options)
-
-
-#: what ``set_level`` takes: RankLoss's update rule and precision
-OPTIONS = ("update", "interpolate")
 
 
 SIGNATURE = Signature(
@@ -143,6 +127,6 @@ SIGNATURE = Signature(
     curve=curve,
     perfect=perfect,
     screen=screen,
-    set_level=set_level,
+    set_level="autoloss.ranksurrogate:RankLoss",
     fills="sigmoid",
 )
