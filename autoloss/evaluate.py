@@ -61,7 +61,7 @@ def resolve_loss(text: str, accepted: Sequence[str], name: str = "loss",
         if sig_name not in accepted:
             raise AutolossError(f"{name}: signature {sig_name!r} does not fit this slot, which "
                                 f"takes {' or '.join(accepted)}")
-        return compile_loss(expr, sig, name=name)
+        return zoo.slot_loss(compile_loss(expr, sig, name=name))
     raise AutolossError(f"{text!r} is neither a zoo id nor an expression of "
                         f"{' or '.join(candidates)}: {errors[0]}")
 

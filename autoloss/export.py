@@ -272,8 +272,15 @@ def to_source_joint(losses: Mapping[str, CompiledLoss], names: Mapping[str, str]
                     params: Mapping[str, Mapping[str, float]], weights: Mapping[str, float],
                     choices: Mapping[str, object], provenance: Provenance) -> str:
     """One module for a joint search: one class per slot, plus the searched weights."""
+    from .ranksurrogate import RankLoss
+
     parts, exported = [], []
     for slot, compiled in losses.items():
+        if isinstance(compiled, RankLoss):
+            raise AutolossError(
+                f"slot {slot!r} holds a ranking surrogate (a set-level loss on the step "
+                f"{E.to_infix(compiled.expression)}); a joint export writes elementwise losses "
+                "only. Export that slot alone: export.to_file(RankLoss(step), ...)")
         codegen.check_identifier(slot, "slot name")
         parts.append(to_source(compiled, names[slot], params.get(slot), provenance=provenance,
                                _prefix=slot, _module=False))
@@ -384,11 +391,136 @@ def zoo_provenance(loss_id: str) -> Provenance:
                       else {})
 
 
+def to_source_rank(loss, name: Optional[str] = None,
+                   params: Optional[Mapping[str, float]] = None, *,
+                   provenance: Optional[Provenance] = None,
+                   trainable_constants: bool = False) -> str:
+    """The source of a standalone module computing a ranking surrogate
+    (:class:`autoloss.ranksurrogate.RankLoss`): its step, written as any compiled loss is
+    (``<Name>Step``), and the set-level core, whose source is read from
+    :mod:`autoloss.ranksurrogate` itself (``SHIPPED``), so what was searched is what is
+    shipped. The module's ``<Name>`` takes logits and targets of one shape ((N, C) or
+    (N,); target > 0 positive, 0 negative, < 0 ignored) and returns one value for the
+    batch, with the error-driven update (or ``update="autograd"``). The core's autograd
+    Function is eager torch: the set-level loss is not TorchScript-able (its step is)."""
+    import inspect
+
+    from . import ranking, ranksurrogate
+
+    if trainable_constants:
+        raise AutolossError(f"{loss.name}: a ranking surrogate is exported with its step's "
+                            "parameters as plain attributes; trainable constants are not "
+                            "supported for it (drop --trainable)")
+    name = name or "".join(w.title() for w in loss.name.split("_")) + "Loss"
+    if not _CLASS.match(name):
+        raise ExpressionError(f"class name {name!r} must be CamelCase letters and digits, "
+                              "e.g. MyLoss")
+    func = function_name(name)
+    step_name = name + "Step"
+    step_func = function_name(step_name)
+    values = dict(loss.defaults)
+    for k, v in (params or {}).items():
+        if k not in values:
+            raise AutolossError(f"{loss.name}: unknown parameter {k!r}")
+        values[k] = float(v)
+    prov = provenance or Provenance()
+    step_src = to_source(loss.step, step_name, values, provenance=prov, _module=False)
+    core = "\n\n\n".join(inspect.getsource(f).rstrip() for f in
+                         (ranking._acc_dtype, ranking._value_dtype, *ranksurrogate.SHIPPED))
+    typed = "".join(f", {k}: float = {v!r}" for k, v in values.items())
+    as_dict = "{" + ", ".join(f"{k!r}: {k}" for k in values) + "}"
+    attrs = "".join(f", self.{k}" for k in values)
+    init = "".join(f"\n        self.{k} = {k}" for k in values)
+    formula = _text(prov.formula or E.to_infix(loss.expression))
+    lines = [f"{_text(prov.title or loss.name)}: a ranking surrogate (one value per batch).", "",
+             "Smoothed step over pair differences x = s_j - s_i (the other element's logit",
+             "minus a positive's):", "", f"    H(x) = {formula}", "",
+             "For a positive i: rank_pos(i) = 1 + sum_{k in P, k != i} H(s_k - s_i),",
+             "FP(i) = sum_{j in N} H(s_j - s_i), prec(i) = rank_pos(i) / (rank_pos(i) + FP(i)),",
+             "iprec(i) = max{prec(k): s_k <= s_i} (interpolate=True, AP-Loss), and",
+             "L = 1 - mean_i iprec(i). update='error' (AP-Loss's error-driven update): positive i",
+             "gets -(1 - iprec(i)) / P, negative j gets sum_i H(s_j - s_i) / rank(i) / P (scaled",
+             "by (1 - iprec(i)) / (1 - prec(i)) where interpolated): not the gradient of L.",
+             "update='autograd': the gradient of L through H.", ""]
+    if prov.source:
+        lines.append(f"Source: {_text(prov.source)}" + (f", run {_text(prov.run)} trial {prov.trial}"
+                                                        if prov.run else ""))
+    if prov.proxy and prov.value is not None:
+        lines.append(f"Found on {_text(prov.proxy)}: {_text(prov.metric)} = {prov.value:.4g}")
+    lines.append(f"Defaults: update={loss.update!r}, interpolate={loss.interpolate}"
+                 + "".join(f", {k}={v!r}" for k, v in values.items()))
+    header = "\n".join(lines)
+    return f'''"""{header}
+"""
+{_imports()}from torch.autograd.function import once_differentiable
+
+__all__ = ["{func}", "{name}", "{step_func}", "{step_name}"]
+
+
+{step_src}
+
+# ------------------------------------------------------------------ the set-level core
+# (autoloss.ranksurrogate and autoloss.ranking, as the search ran them)
+_BLOCK_ELEMENTS = {ranksurrogate._BLOCK_ELEMENTS}
+
+
+class StepError(ValueError):
+    """The step gave a value that is no smoothed step (negative or non-finite)."""
+
+
+class _StepFunction:
+    name = "{step_func}"
+
+    def __call__(self, x: Tensor, **params: float) -> Tensor:
+        return {step_func}(x, "none", **params)
+
+
+{core}
+
+
+def {func}(logits: Tensor, target: Tensor, update: str = {loss.update!r}, interpolate: bool = {loss.interpolate!r}{typed}) -> Tensor:
+    """The ranking surrogate of logits and targets of one shape ((N, C) or (N,)); target
+    > 0 is a positive, 0 a negative, < 0 ignored. One value for the batch (normalised over
+    the positives); 0 with a zero gradient without positives."""
+    if logits.shape != target.shape:
+        raise ValueError(f"logits and target must have the same shape, got {{list(logits.shape)}} and {{list(target.shape)}}")
+    if not logits.is_floating_point():
+        raise ValueError("logits must be a floating-point tensor; convert with .float()")
+    x, t = logits.reshape(-1), target.reshape(-1)
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError("logits must be finite")
+    params = {as_dict}
+    if update == "error":
+        return _ErrorDriven.apply(x, t > 0, t == 0, _StepFunction(), params, bool(interpolate))
+    if update == "autograd":
+        return _autograd(x, t > 0, t == 0, _StepFunction(), params, bool(interpolate))
+    raise ValueError(f"update must be 'error' or 'autograd', got {{update!r}}")
+
+
+class {name}(torch.nn.Module):
+    """:func:`{func}` as a module; the step's parameters are attributes."""
+
+    def __init__(self, update: str = {loss.update!r}, interpolate: bool = {loss.interpolate!r}{typed}):
+        super().__init__()
+        self.update = update
+        self.interpolate = interpolate{init}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return {func}(logits, target, self.update, self.interpolate{attrs})
+'''
+
+
 def to_file(compiled: CompiledLoss, path: str | os.PathLike, name: Optional[str] = None,
             **kwargs) -> Path:
-    """Write :func:`to_source` to ``path`` and return it."""
+    """Write :func:`to_source` to ``path`` and return it (:func:`to_source_rank` for a
+    ranking surrogate: a set-level loss built on a compiled step)."""
+    from .ranksurrogate import RankLoss
+
     path = Path(path)
-    path.write_text(to_source(compiled, name, **kwargs))
+    if isinstance(compiled, RankLoss):
+        path.write_text(to_source_rank(compiled, name, **kwargs))
+    else:
+        path.write_text(to_source(compiled, name, **kwargs))
     return path
 
 
@@ -432,11 +564,24 @@ def check(path: str | os.PathLike, compiled: CompiledLoss,
     return check_many([(path, compiled, params)], rtol=rtol, atol=atol)[0]
 
 
+def _step_item(item: tuple) -> tuple:
+    """A ranking surrogate's check item -> its step's: the shipped step function (third in
+    the module's ``__all__``) against the compiled step. The shipped core is the module's
+    own source (``ranksurrogate.SHIPPED``), tested in tests/test_ranksurrogate.py."""
+    path, loss, params, *_ = item
+    names = re.search(r"^__all__ = \[(.*)\]$", Path(path).read_text(), re.M)
+    step_func = [n.strip().strip('"') for n in names.group(1).split(",")][2]
+    return (path, loss.step, params, step_func)
+
+
 def check_many(items: Sequence[tuple], *, rtol: float = 1e-6, atol: float = 1e-9) -> list[dict]:
     """:func:`check` for several ``(path, compiled, params[, function])`` in one fresh
     process; ``function`` names the loss function in a file holding several (a joint
     search's module), else the file's one class decides."""
+    from .ranksurrogate import RankLoss
+
     jobs = []
+    items = [_step_item(item) if isinstance(item[1], RankLoss) else item for item in items]
     for path, compiled, params, *function in items:
         sig = compiled.signature
         g = torch.Generator().manual_seed(0)

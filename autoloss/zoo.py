@@ -13,6 +13,11 @@ A set-level (kind S) entry, e.g. ``ap_loss``, is a hand-written function over th
 batch: ``loss(id)`` gives it as a :class:`SetLevelLoss` (called like a compiled loss, one
 value per batch), ``build`` as a module; ``compiled`` refuses it.
 
+An entry of the ``rank`` signature (``ap_step``, ``sigmoid_step``) is a smoothed step
+over pair differences: ``build`` gives the step (elementwise, like any expression),
+``loss(id)`` the set-level loss built on it (:class:`autoloss.ranksurrogate.RankLoss`),
+which is what a proxy's classification slot calls.
+
 A hand-written batch-level entry (kind B naming a module class: ``seesaw``, ``eqlv2``,
 ``wiou_v3`` keep running state, ``ohem`` and ``ssd_hnm`` mine hard examples) is a
 :class:`ModuleLoss`: every ``loss(id)`` and every ``build(id)`` holds its own instance, so
@@ -182,7 +187,30 @@ def loss(loss_id: str) -> CompiledLoss | SetLevelLoss | ModuleLoss:
         return SetLevelLoss(spec)
     if spec.module:
         return ModuleLoss(spec)
-    return compiled(loss_id)
+    return slot_loss(compiled(loss_id))
+
+
+def slot_loss(loss: CompiledLoss, **options):
+    """What a proxy calls for a compiled expression: the expression itself, or, for a
+    signature whose expression is a piece of a set-level loss (rank: the smoothed step;
+    ``Signature.set_level`` names the class), that loss built on it with ``options`` (a
+    search space slot's ``set_level`` table: rank's ``update``, ``interpolate``)."""
+    target = loss.signature.set_level
+    if not target:
+        if options:
+            raise SignatureError(f"{loss.name}: the {loss.signature.name!r} signature's "
+                                 "expressions are losses themselves; they take no set-level "
+                                 f"options, got {sorted(options)}")
+        return loss
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    accepted = list(inspect.signature(cls).parameters)[1:]
+    for key in options:
+        if key not in accepted:
+            raise SignatureError(f"unknown option {key!r} of the {loss.signature.name!r} "
+                                 f"signature's set-level loss ({target}); "
+                                 f"{did_you_mean(key, accepted)}")
+    return cls(loss, **options)
 
 
 class ZooLoss(torch.nn.Module):
@@ -195,7 +223,10 @@ class ZooLoss(torch.nn.Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"{self.spec.id}: reduction must be one of {_REDUCTIONS}, "
                              f"got {reduction!r}")
-        self.loss = loss(self.spec.id)
+        # a step of the rank signature is a module of its own signature (over pair
+        # differences); loss(id) is the set-level loss built on it
+        self.loss = (compiled(self.spec.id) if get_signature(self.spec.signature).set_level
+                     else loss(self.spec.id))
         self.loss.values(params)  # validates names and values now, not at the first call
         if self.spec.kind == "S" and reduction == "none":
             reduction = "mean"  # one value for the batch either way

@@ -548,6 +548,17 @@ def dfl(logits, target):
             + F.cross_entropy(logits, right, reduction="none") * wr)
 
 
+def ap_step(diff, delta=1.0):
+    # cccorn/AP-loss aploss.py: torch.clamp(x / (2 * delta) + 0.5, min=0, max=1)
+    return torch.clamp(diff / (2 * delta) + 0.5, min=0, max=1)
+
+
+def sigmoid_step(diff, tau=0.5):
+    # Smooth-AP Smooth_AP_loss.py sigmoid(tensor, temp): exp(-x / temp) clamped, 1 / (1 + e)
+    exponent = (-diff / tau).clamp(min=-50, max=50)
+    return 1.0 / (1.0 + torch.exp(exponent))
+
+
 REFERENCES = {
     name: fn for name, fn in globals().items()
     if callable(fn) and not name.startswith("_") and name not in {"math", "torch", "F"}

@@ -106,9 +106,13 @@ def per_positive(loss: Callable, *inputs, num_pos: float) -> torch.Tensor:
 
 
 def slot_signatures(proxy: Proxy, slot: str) -> tuple[str, ...]:
-    """The signatures a slot accepts (a slot may take several, e.g. box or coord)."""
+    """The signatures a slot accepts (a slot may take several, e.g. box or coord), and
+    those whose set-level losses fill one of them (a ``sigmoid`` slot takes ``rank``: see
+    ``Signature.fills``)."""
+    from ..signatures import filling
+
     value = proxy.slots[slot]
-    return (value,) if isinstance(value, str) else tuple(value)
+    return filling((value,) if isinstance(value, str) else tuple(value))
 
 
 def gradient_scale(grad: torch.Tensor) -> float:

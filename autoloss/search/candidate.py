@@ -58,8 +58,16 @@ class Candidate:
         slots[slot] = E.mul(E.const(weight), slots[slot])
         return dataclasses.replace(self, slots=slots)
 
-    def compiled(self, slot: str, signature: str, mode: str = "search") -> CompiledLoss:
-        return compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
+    def compiled(self, slot: str, signature: str, mode: str = "search",
+                 set_level: Optional[Mapping[str, Any]] = None) -> CompiledLoss:
+        """The slot's expression compiled; for a signature that is one piece of a set-level
+        loss (rank: the smoothed step), the set-level loss built on it with the options
+        ``set_level`` (the space slot's table: rank's ``update``, ``interpolate``), what a
+        proxy calls (its ``step`` is the compiled expression)."""
+        from ..zoo import slot_loss
+
+        loss = compile_loss(self.slots[slot], signature, name=f"candidate_{slot}", mode=mode)
+        return slot_loss(loss, **dict(set_level or {}))
 
     def attrs(self) -> dict[str, Any]:
         """JSON-serializable trial attributes from which the candidate can be rebuilt."""

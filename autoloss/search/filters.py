@@ -11,7 +11,9 @@ In order, for a batch of candidates (scored together by the population evaluator
 4. ``finite``: an op applied to constants that is undefined whatever its other arguments
    (``x / 0``, ``log(0)``: search-mode guards would hide it) -> rejected; values and
    gradients on random and degenerate probe inputs -> rejected if NaN/inf or if the
-   gradient is zero everywhere (a loss that cannot train);
+   gradient is zero everywhere (a loss that cannot train); ``step``: the signature's own
+   admissibility check on the same probes (``Signature.screen``; rank: a smoothed step is
+   >= 0 and vanishes far below);
 5. ``convergence`` (CSE-Autoloss): along sequences of predictions moving to the target
    (IoU -> 1, p -> y) the loss must decrease on average and be minimal at the target;
 6. ``equivalent`` (AutoLoss-Zero): normalised gradients on fixed probes match an earlier
@@ -190,7 +192,8 @@ class FilterBank:
                 verdicts[i] = ((None if ok else self._compiles(r) or self._finite(r, e, slot)
                                 or self._invariant(u, slot)) or self._converges(c, slot))
                 if verdicts[i] is None:
-                    prints[i].append(self._fingerprint(r))
+                    prints[i].append(self._fingerprint(
+                        r, values=bool(SIGNATURES[self.signatures[slot]].set_level)))
         for i in todo:
             if verdicts[i] is not None:
                 continue
@@ -282,6 +285,12 @@ class FilterBank:
                 if not torch.isfinite(g).all():
                     return Verdict(False, "finite", f"non-finite gradient d/d{col} on {name} "
                                                     f"(slot {slot!r})")
+        screen = SIGNATURES[self.signatures[slot]].screen
+        if screen is not None:  # the signature's own admissibility (rank: a step's shape)
+            for probe, res in zip(self.probes[slot].groups, (r, e)):
+                reason = screen(probe, res.value)
+                if reason:
+                    return Verdict(False, "step", f"{reason} (slot {slot!r})")
         if all(float(g.abs().max()) == 0.0 for g in r.grads.values()):
             return Verdict(False, "finite", f"zero gradient with respect to the prediction "
                                             f"everywhere (slot {slot!r}): it cannot train")
@@ -318,7 +327,16 @@ class FilterBank:
                            f"{float(worse.double().mean()) * 100:.0f}% of the probes (slot {slot!r})")
         return None
 
-    def _fingerprint(self, r: Result) -> str:
+    def _fingerprint(self, r: Result, values: bool = False) -> str:
+        """The normalised gradients on the probes (and their norm where the scale matters).
+        ``values``: a piece of a set-level loss (rank's step) is judged by its values too,
+        unnormalised: 2 H and H + c are other ranking losses than H (the precision changes,
+        and the error-driven update uses H's values, not its slope)."""
+        if values:
+            v = torch.cat([r.value.reshape(-1).double()] +
+                          [r.grads[c].reshape(-1).double() for c in sorted(r.grads)])
+            rounded = np.round(v.numpy(), 4) + 0.0
+            return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
         g = torch.cat([r.grads[c].reshape(-1) for c in sorted(r.grads)]).double()
         norm = float(g.norm())
         direction = (g / norm).numpy() if norm > 0 else g.numpy()

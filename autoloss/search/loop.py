@@ -234,7 +234,8 @@ class TrialLoop:
     def evaluate(self, study: OptunaStudy, trial: OptunaTrial, candidate: Candidate):
         """Run the proxy; returns (state, values, extra metrics). The seconds its reports
         and pruning decisions took (engine time, not proxy time) add to ``self.reporting_s``."""
-        losses = {s: candidate.compiled(s, sig) for s, sig in self.signatures.items()}
+        losses = {s: candidate.compiled(s, sig, set_level=self.space.slots[s].set_level)
+                  for s, sig in self.signatures.items()}
         proxy = proxies.get(self.space.proxy, **self.space.options_with(candidate.choices))
         multi = self.space.complexity
         should_prune = None if multi else study.pruning(trial, list(self._complete.values()))

@@ -108,7 +108,8 @@ def evaluate(config: dict) -> None:
     start = time.perf_counter()
     try:
         candidate = Candidate.from_attrs(config["candidate"], signatures)
-        losses = {s: candidate.compiled(s, sig) for s, sig in signatures.items()}
+        losses = {s: candidate.compiled(s, sig, set_level=space.slots[s].set_level)
+                  for s, sig in signatures.items()}
         proxy = proxies.get(space.proxy, **space.options_with(candidate.choices))
 
         def report(step: int, value: float) -> None:

@@ -318,7 +318,8 @@ class Run:
                                  title=f"loss found by autoloss search {space.name}",
                                  formula=cand.formula(), extra=extra)
         out = self._output(output)
-        compiled = {s: cand.compiled(s, sig) for s, sig in self.signatures.items()}
+        compiled = {s: cand.compiled(s, sig, set_level=space.slots[s].set_level)
+                    for s, sig in self.signatures.items()}
         if len(compiled) == 1:
             (slot, loss), = compiled.items()
             export.to_file(loss, out, name or "SearchedLoss", params=cand.params(slot),

@@ -28,6 +28,7 @@ A search space is a TOML file in ``search_spaces/`` (or any path)::
     max_depth = 7
     max_nodes = 48
     params.gamma = { default = 2.0, range = [0.0, 5.0] }   # extra tunable parameters
+    set_level = { update = "error" }  # a rank slot: the set-level loss each step trains in
 
     [choices]                     # categorical choices handed to the proxy as options
     "weights.cls" = [0.5, 1.0, 2.0]
@@ -84,6 +85,9 @@ class Slot:
     max_depth: int = 7
     max_nodes: int = 48
     params: dict[str, Param] = field(default_factory=dict)
+    #: options of the set-level loss a signature such as rank builds on each candidate
+    #: (``Signature.set_level``): rank's ``update`` and ``interpolate``
+    set_level: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -419,7 +423,7 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
     if not isinstance(body, dict):
         raise SpaceError(f"{file} [{table}]: must be a table")
     _known(file, table, body, {"signature", "mode", "seeds", "primitives", "terminals",
-                               "constants", "max_depth", "max_nodes", "params"})
+                               "constants", "max_depth", "max_nodes", "params", "set_level"})
     signature = _get(file, table, body, "signature", str, accepted[0])
     if signature not in accepted:
         _fail(file, table, "signature", f"the proxy's slot takes {' or '.join(accepted)}, "
@@ -489,5 +493,30 @@ def _slot(file: str, name: str, body: dict, accepted: tuple[str, ...]) -> Slot:
             raise SpaceError(str(err)) from None
         if extra[pname].low is None:
             _fail(file, table, f"params.{pname}", "a searched parameter needs a range = [lo, hi]")
+    set_level = _set_level(file, table, body.get("set_level"), sig)
     return Slot(name, signature, mode, tuple(seeds), tuple(prims), tuple(terms),
-                tuple(float(c) for c in consts), max_depth, max_nodes, extra)
+                tuple(float(c) for c in consts), max_depth, max_nodes, extra, set_level)
+
+
+def _set_level(file: str, table: str, options: Any, sig) -> dict[str, Any]:
+    """A slot's ``set_level`` table: options of the set-level loss its signature builds on
+    each candidate (rank: ``update = "error" | "autograd"``, ``interpolate = true |
+    false``), checked by building that loss once."""
+    if options is None:
+        return {}
+    if not sig.set_level:
+        _fail(file, table, "set_level", f"the {sig.name!r} signature's expressions are losses "
+                                        "themselves; set_level is for a signature whose "
+                                        "expression is a piece of a set-level loss (rank)")
+    if not isinstance(options, dict):
+        _fail(file, table, "set_level", "must be a table, e.g. { update = \"autograd\", "
+                                        "interpolate = false }")
+    from ..compiler import compile_loss
+    from ..expr import Var
+    from ..zoo import slot_loss
+
+    try:
+        slot_loss(compile_loss(Var(sig.columns[0]), sig, name="probe"), **options)
+    except (AutolossError, TypeError, ValueError) as err:
+        _fail(file, table, "set_level", str(err))
+    return dict(options)

@@ -21,6 +21,7 @@ from .. import proxies
 from ..compiler import compile_loss
 from ..evaluate import evaluate, gradient_scale, resolve_loss
 from ..proxies.base import CandidateFailure
+from ..signatures import SIGNATURES
 from .candidate import Candidate
 from .runs import Run
 from .strategies import zoo_seed
@@ -115,7 +116,8 @@ class Validation:
         return out
 
     def _run_candidate(self, cand: Candidate, seeds, budget, scale, extra_options=None):
-        losses = {s: cand.compiled(s, sig) for s, sig in self.signatures.items()}
+        losses = {s: cand.compiled(s, sig, set_level=self.space.slots[s].set_level)
+                  for s, sig in self.signatures.items()}
         options = self.space.options_with(cand.choices)
         options.update(extra_options or {})
         return evaluate(self.space.proxy, losses, seeds=list(range(self.seed, self.seed + seeds)),
@@ -147,6 +149,10 @@ class Validation:
         if pull is None:
             return None
         signature = self.signatures[self.space.validation["transfer"]["searched_slot"]]
+        if SIGNATURES[signature].set_level:
+            # a multiple of a step is another ranking loss, not a stronger pull of the same
+            # one (and the set-level loss normalises itself): it transfers as it is
+            return None
         mine = gradient_scale(compile_loss(expression, signature, mode="search"))
         if not (math.isfinite(mine) and mine > 0):
             return None
@@ -178,7 +184,8 @@ class Validation:
                 weights[r["trial"]] = weight
                 cand = cand.scaled(searched, weight)
             losses = dict(t["pair"])
-            losses[slot] = cand.compiled(searched, self.signatures[searched])
+            losses[slot] = cand.compiled(searched, self.signatures[searched],
+                                         set_level=self.space.slots[searched].set_level)
             entries.append((r["label"], r["trial"], cand, losses))
         total, done, spent = len(entries) * len(seeds), 0, 0.0
         self._say(f"transfer to {task.name}: {len(entries)} pair(s) x {len(seeds)} seed(s) = "

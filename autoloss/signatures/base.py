@@ -149,6 +149,20 @@ class Signature:
     #: over the rows, no gradient). A search's default terminals leave them out: a proxy
     #: that does not pass the constants sees their defaults
     class_columns: tuple[str, ...] = ()
+    #: (probe inputs, the candidate's values on them) -> why the values are not admissible
+    #: for this signature, or None; the filters run it on the random and degenerate probes
+    #: (rank: a smoothed step is >= 0 and vanishes far below). None: no such check
+    screen: Optional[Callable[..., Optional[str]]] = None
+    #: a signature whose expression is one piece of a set-level loss (rank: the smoothed
+    #: step): the class of that loss, ``"module:Class"`` (rank:
+    #: ``"autoloss.ranksurrogate:RankLoss"``), built as ``Class(compiled, **options)`` by
+    #: :func:`autoloss.zoo.slot_loss` (options: a search space slot's ``set_level`` table),
+    #: named, not imported, since it is built on the compiler; "": the compiled expression
+    #: is the loss
+    set_level: str = ""
+    #: the slot signature that set-level loss fills (rank: "sigmoid", a classification
+    #: slot); a proxy slot taking that signature takes this one too
+    fills: str = ""
 
     @property
     def definitions(self) -> dict[str, Expr]:

@@ -114,8 +114,9 @@ class SignatureContract:
             sig.prepare("contract", *rows, full[where[0]][:-1])
 
     def test_check_refuses_a_wrong_call(self):
+        required = sum(not i.optional for i in self.sig.inputs)
         with pytest.raises(SignatureError, match=f"{self.sig.name} signature"):
-            self.sig.check(self.inputs()[:1], "contract")
+            self.sig.check(self.inputs()[:required - 1], "contract")
         with pytest.raises(SignatureError, match="torch.Tensor"):
             self.sig.check(("not a tensor",) + tuple(self.inputs()[1:]), "contract")
 
@@ -190,7 +191,25 @@ class SignatureContract:
         perfect = sig.perfect(inputs)
         assert len(perfect) == len(inputs)
         sig.prepare("contract", *perfect)
-        assert torch.equal(perfect[1] > 0, inputs[1] > 0)
+        if len(inputs) > 1:  # a signature with a target (rank's one input is a difference)
+            assert torch.equal(perfect[1] > 0, inputs[1] > 0)
+
+    def test_set_level_fills_a_slot_signature(self):
+        """A signature that is a piece of a set-level loss (rank) names the slot signature
+        its loss fills, and builds that loss from a compiled expression."""
+        sig = self.sig
+        if not sig.set_level:
+            assert not sig.fills
+            pytest.skip("the compiled expression is the loss")
+        from ..compiler import compile_loss
+        from ..parse import parse
+        from ..zoo import slot_loss
+        from . import SIGNATURES
+
+        assert sig.fills in SIGNATURES and sig.fills != sig.name
+        column = sig.columns[0]
+        loss = slot_loss(compile_loss(parse(f"sigmoid({column})", sig.names, {}), sig))
+        assert getattr(loss, "normalised", False), "a set-level loss normalises itself"
 
     def test_near_samples_and_rescale(self):
         sig = self.sig
