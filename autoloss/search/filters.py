@@ -228,6 +228,8 @@ class FilterBank:
         same numbers); a candidate not cleared goes through those methods, which give the
         reason. One call per candidate costs far more than the arithmetic."""
         cleared = [False] * len(rand)
+        if SIGNATURES[self.signatures[slot]].screen is not None:
+            return cleared  # a signature's own screen (rank's step shape) is judged one by one
         idx = [j for j, (r, e, u) in enumerate(zip(rand, edge, scaled))
                if type(r) is Result and type(e) is Result and (u is None or type(u) is Result)]
         if not idx:
