@@ -215,12 +215,20 @@ def test_fcos_ranges_split_the_digits_across_the_two_levels():
     ({"assigner": "atss", "assigner_params": {"top_k": 3}}, AutolossError,
      "has no parameter 'top_k'.*topk"),
     ({"assigner": "atss", "assigner_params": {"topk": 0}}, AssignerError, "topk"),
+    ({"assigner": "atss", "assigner_params": "topk=3"}, ValueError, "JSON object"),
     ({"cls_target": "quality"}, ValueError, "cls_target='quality' reads the soft quality"),
     ({"assigner": "tal", "nms": "yes"}, ValueError, "nms must be True, False or None"),
 ])
 def test_bad_options_are_clear_errors(options, error, match):
     with pytest.raises(error, match=match):
         get("digits", **options)
+
+
+def test_assigner_params_from_the_command_line():
+    from autoloss.cli import parse_options
+
+    options = parse_options(["assigner=atss", 'assigner_params={"topk": 5}', "levels=2"])
+    assert get("digits", **options).assigner.topk == 5
 
 
 def test_a_built_assigner_is_taken_as_it_is():

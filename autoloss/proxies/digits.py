@@ -13,8 +13,27 @@ The detector is FCOS-style, in plain torch: a stride-8 convolutional backbone an
 GroupNorm head tower (about 110k parameters in all), a classification branch (sigmoid,
 prior 0.01) and a box branch predicting (l, t, r, b) distances, optionally an IoU-quality
 branch. Points are
-assigned with FCOS centre sampling (radius 1.5 strides, ties to the smaller box); any other
-assigner with the same signature can be passed in. The ``reg`` slot takes either a ``box``
+assigned with FCOS centre sampling (radius 1.5 strides, ties to the smaller box), or:
+
+- ``assigner=`` any id of :mod:`autoloss.assigners` (``maxiou``, ``fcos``, ``atss``,
+  ``simota``, ``dsl``, ``tal``, ``ota``, ``hungarian``) with ``assigner_params=`` (a mapping,
+  or its JSON text from the command line), an :class:`~autoloss.assigners.Assigner` built
+  by hand, or a function ``(points, boxes) -> gt index per point`` as ``center_sampling``.
+  Assigners that read only the ground truth are computed once per dataset and cached; the
+  prediction-aware ones run every step on the detached logits and decoded boxes. Where a
+  parameter is not given digits sets its own scale (``DIGITS_DEFAULTS``: anchors of 2
+  strides for ``maxiou`` and ``atss``, FCOS ranges split at 16 px) instead of the
+  registry's COCO-scale defaults. Max-IoU's ignored priors are left out of the
+  classification loss.
+- ``levels=2`` adds a stride-16 level (one stride-2 convolution on the stride-8 features,
+  the head shared as in FCOS): 80 points instead of 64.
+- ``cls_target="quality"`` puts the assigner's soft quality (TAL's normalised alignment,
+  the IoU of SimOTA, DSL and OTA; 1 for the hard assigners) at the positive class, for
+  QFL/VFL-style losses; ``"iou"`` the IoU of the predicted box; ``"onehot"`` 1.
+- ``nms=`` None (default) evaluates with class-wise NMS unless the assigner is one-to-one
+  (``hungarian``: top-100 scores as they are, an end-to-end detector); True/False force it.
+
+The ``reg`` slot takes either a ``box``
 loss on decoded boxes or a ``coord`` loss on the (l, t, r, b) distances in stride units,
 as real detectors do. Training: AdamW (one-cycle schedule, peak lr 5e-3) for 3,000 steps
 of 48 canvases (options ``lr`` and ``batch``), losses summed and normalised by the number
@@ -27,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from functools import lru_cache
 from typing import Callable, Mapping, Optional
@@ -278,6 +298,12 @@ def resolve_assigner(assigner, params: Optional[Mapping] = None, levels: int = 1
     """``assigner`` as digits takes it: one of its own (``"center_sampling"``,
     ``"inside_box"``, or a function of points and boxes), a registry id (built with
     ``params`` over :data:`DIGITS_DEFAULTS`) or a built :class:`~autoloss.assigners.Assigner`."""
+    if isinstance(params, str):                 # from the command line: --option k=JSON
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"assigner_params given as text must be a JSON object such as "
+                             f"'{{\"topk\": 9}}', got {params!r} ({err.msg})") from None
     if params is not None and not isinstance(params, Mapping):
         raise ValueError(f"assigner_params must be a mapping of parameter names to values "
                          f"(e.g. {{'topk': 9}}), got {type(params).__name__}")
