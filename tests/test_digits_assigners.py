@@ -238,3 +238,21 @@ def test_a_built_assigner_is_taken_as_it_is():
     assert isinstance(proxy.assign(proxy.model()(torch.zeros(4, 1, 64, 64)),
                                    D.priors(64, 2), proxy.targets(proxy.data(SCALE)),
                                    torch.arange(4)), Assignment)
+
+
+def test_the_assigner_table_has_a_row_per_assigner(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "assigner_table.py"
+    spec = importlib.util.spec_from_file_location("assigner_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    rows = table.rows(soft=True)
+    labels = [label for label, _, _ in rows]
+    assert len(labels) == len(set(labels))
+    assert {o.get("assigner") for _, _, o in rows} >= set(assigners.names())
+    for _, losses, options in rows:                 # every row is a valid digits setting
+        get("digits", **options)
+    table.main(["--cached", "--out", str(tmp_path), "--only", "tal"])   # nothing run yet
+    assert "| assigner | levels | mAP |" in capsys.readouterr().out
