@@ -18,6 +18,17 @@ times the setting of the digits proxy (B = 48 canvases of 64 px, strides 8 and 1
     python benchmarks/bench_assigners.py                  # the full grid
     python benchmarks/bench_assigners.py --quick          # P ~ 10^3, 10^4 only
     python benchmarks/bench_assigners.py --ratio --digits
+    python benchmarks/bench_assigners.py --no-grid --step      # assignment / digits step
+
+``--step`` measures the issue's target, assignment cost <= 10 % of a digits training step:
+for each assigner, the real two-level digits detector (``levels=2``, focal + GIoU, batch
+48) is trained for some steps and the median time of one whole training step (forward,
+assignment where it runs each step, loss, backward, AdamW) is set beside the median time
+of one assignment of a batch on that detector's current predictions (building the
+``AssignerInputs`` included), in this process, one after the other. The static assigners
+(``maxiou``, ``fcos``, ``atss``, digits' own ``center_sampling``) are computed once per
+dataset and cached, so their cost per step is an index; their ratio is what they would
+cost if they ran every step.
 """
 from __future__ import annotations
 
@@ -185,12 +196,69 @@ def digits_table(names):
         print(f"{name:<10} {fmt(timed(name, x))} ms", flush=True)
 
 
+def digits_step_table(names, levels: int = 2, scale: float = 0.25):
+    from autoloss import zoo
+    from autoloss.assigners import Assigner
+    from autoloss.proxies.digits import Digits, padded_targets, priors, split
+
+    losses = {"cls": zoo.compiled("focal"), "reg": zoo.compiled("giou")}
+    print(f"\nassignment vs one digits training step: levels={levels} (P = "
+          f"{len(priors(64, levels)[0])}), batch 48, focal + GIoU, float32, "
+          f"{torch.get_num_threads()} thread(s); ms, median")
+    print(f"{'assigner':<16} {'runs':<11} {'step':>8} {'assign':>8} {'ratio':>7}")
+    for name in ["center_sampling"] + list(names):
+        proxy = Digits(assigner=name, levels=levels)
+        data = proxy.data(scale)
+        (train_x, _, _), _ = split(*data)
+        targets = proxy.targets(data)
+        gt = padded_targets(*data)
+        torch.manual_seed(0)
+        model = proxy.model()
+        opt = torch.optim.AdamW(model.parameters(), lr=proxy.lr, weight_decay=1e-4)
+        pts = priors(proxy.canvas, levels)
+        g = torch.Generator().manual_seed(0)
+
+        def batch():
+            return torch.randint(0, len(train_x), (proxy.batch,), generator=g)
+
+        def step():
+            idx = batch()
+            model.train()
+            out = model(train_x[idx])
+            total = proxy.step_loss(losses, "box", out, pts, targets, idx)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+
+        for _ in range(20):                          # past the first, slowest steps
+            step()
+        t_step = median_time(step, budget=3.0, max_repeats=40)
+        idx = batch()
+        with torch.no_grad():
+            out = model(train_x[idx])
+        if isinstance(proxy.assigner, Assigner):
+            def assign():
+                proxy.assigner(proxy.assigner_inputs(out, pts, gt, idx))
+        else:                                        # digits' own: one canvas at a time
+            boxes = split(*data)[0][1]
+
+            def assign():
+                for i in idx.tolist():
+                    proxy.assigner(pts[0], boxes[i], pts[1][:, None])
+        t_assign = median_time(assign, budget=1.0, max_repeats=20)
+        runs = "every step" if proxy.dynamic else "cached"
+        print(f"{name:<16} {runs:<11} {t_step * 1e3:8.1f} {t_assign * 1e3:8.2f} "
+              f"{100 * t_assign / t_step:6.1f}%", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="P ~ 1e3 and 1e4 only")
     parser.add_argument("--no-grid", action="store_true", help="skip the P x G grid")
     parser.add_argument("--ratio", action="store_true", help="also time the reference ports")
     parser.add_argument("--digits", action="store_true", help="also the digits-proxy setting")
+    parser.add_argument("--step", action="store_true",
+                        help="assignment time / one digits training step (two levels)")
     parser.add_argument("--only", nargs="*", default=None, help="assigner ids")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -204,6 +272,8 @@ def main(argv=None):
         ratio_table(names, args.digits)
     if args.digits:
         digits_table(names)
+    if args.step:
+        digits_step_table(names)
 
 
 if __name__ == "__main__":
