@@ -151,3 +151,32 @@ def test_weights_carry_no_gradient_except_the_learnable_ones():
         gc, gr = torch.autograd.grad(total, (l_cls, l_reg))
         got = w.weights()
         assert (float(gc), float(gr)) == pytest.approx((got["cls"], got["reg"]))
+
+
+# ------------------------------------------------------------------------- in digits
+@pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "dwa", "self_balance"])
+def test_digits_trains_under_each_weighting(name):
+    from autoloss import zoo
+    from autoloss.proxies.digits import Digits
+
+    proxy = Digits(weighting=name, quality_branch=name == "self_balance",
+                   weighting_params={"period": 5} if name == "dwa" else None)
+    metrics = proxy.run({"cls": zoo.compiled("focal"), "reg": zoo.compiled("giou")},
+                        budget=12, seed=0, scale=0.02)
+    assert math.isfinite(metrics.value)
+    used = proxy.combine.weights()
+    assert set(used) == ({"cls", "reg", "iou"} if name == "self_balance" else {"cls", "reg"})
+    if name == "uncertainty":  # its log-variances were trained by the detector's optimiser
+        assert proxy.combine.log_var.detach().abs().max() > 0
+    if name == "gradnorm":  # the weights moved from 1 and still sum to the task count
+        assert used != {"cls": 1.0, "reg": 1.0} and sum(proxy.combine.w.tolist()) == \
+            pytest.approx(2.0)
+
+
+def test_digits_refuses_a_bad_weighting_clearly():
+    from autoloss.proxies.digits import Digits
+
+    with pytest.raises(ValueError, match="unknown weighting 'kendall'"):
+        Digits(weighting="kendall")
+    with pytest.raises(ValueError, match="unknown parameters \\['tau'\\]"):
+        Digits(weighting="dwa", weighting_params='{"tau": 2}')

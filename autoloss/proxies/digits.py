@@ -36,8 +36,10 @@ assigned with FCOS centre sampling (radius 1.5 strides, ties to the smaller box)
 The ``reg`` slot takes either a ``box``
 loss on decoded boxes or a ``coord`` loss on the (l, t, r, b) distances in stride units,
 as real detectors do. Training: AdamW (one-cycle schedule, peak lr 5e-3) for 3,000 steps
-of 48 canvases (options ``lr`` and ``batch``), losses summed and normalised by the number
-of positive points. Batches of 16 were cheaper but ranked the losses by how fast they
+of 48 canvases (options ``lr`` and ``batch``), losses normalised by the number of positive
+points and summed with ``weights`` (or combined by a multi-task ``weighting`` from
+:mod:`autoloss.weighting`: uncertainty, gradnorm, dwa, self_balance, with
+``weighting_params``; GradNorm balances the gradients on the last shared tower layer). Batches of 16 were cheaper but ranked the losses by how fast they
 start: losses that weigh precise boxes (alpha-IoU, CSE-Autoloss-B's) came 18th and 19th at
 3,000 steps and 1st and 2nd at 4x that (see docs/proxies.md). The primary metric is COCO
 mAP@[.5:.95] from pycocotools (AP50 and AP75 reported too) after class-wise NMS.
@@ -56,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import assigners
+from .. import assigners, weighting
 from ..assigners import Assigner, AssignerInputs, Assignment
+from ..weighting import Weighting
 from ..errors import did_you_mean
 from .base import (CandidateFailure, Metrics, check_losses, finite, no_report, per_positive,
                    seeded)
@@ -420,7 +423,8 @@ class Digits:
                  weights: Optional[Mapping[str, float]] = None, data_seed: int = 0,
                  canvas: int = CANVAS, batch: Optional[int] = None, lr: Optional[float] = None,
                  assigner_params: Optional[Mapping] = None, levels: int = 1,
-                 nms: Optional[bool] = None):
+                 nms: Optional[bool] = None, weighting: str = "fixed",
+                 weighting_params: Optional[Mapping | str] = None):
         if isinstance(levels, bool) or levels not in STRIDES:
             raise ValueError(f"levels must be 1 (stride 8) or 2 (strides 8 and 16), "
                              f"got {levels!r}")
@@ -444,6 +448,13 @@ class Digits:
         self.quality_branch = quality_branch
         self.weights = {"cls": 1.0, "reg": 1.0, "iou": 1.0}
         self.weights.update(weights or {})
+        # how the task losses combine: ``fixed`` is the weighted sum with ``weights``; the
+        # others (autoloss.weighting) are built per run, so no state crosses runs
+        if isinstance(weighting_params, str):
+            weighting_params = json.loads(weighting_params)
+        self.weighting, self.weighting_params = weighting, dict(weighting_params or {})
+        if weighting != "fixed":
+            self._combiner(("cls", "reg"))  # a bad name or parameter fails here, clearly
         self.data_seed = data_seed
         self.canvas = canvas
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
@@ -472,7 +483,14 @@ class Digits:
         # channels-last: oneDNN's convolutions, the backward ones above all, run about a
         # third faster in that layout here (one-channel images are already in it)
         model = self.model()
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=1e-4)
+        groups = [{"params": list(model.parameters())}]
+        self.combine = None
+        if self.weighting != "fixed":
+            tasks = ("cls", "reg") + (("iou",) if self.quality_branch else ())
+            self.combine = self._combiner(tasks).bind(model.tower[-3].parameters())
+            if list(self.combine.parameters()):  # learnable weights: no weight decay
+                groups.append({"params": list(self.combine.parameters()), "weight_decay": 0})
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps,
                                                     pct_start=0.1)
         pts = priors(self.canvas, self.levels)
@@ -497,6 +515,12 @@ class Digits:
         report(steps, result["map"])
         return Metrics(self.metric, result["map"], self.direction,
                        extra={"ap50": result["ap50"], "ap75": result["ap75"]})
+
+    def _combiner(self, tasks) -> Weighting:
+        try:
+            return weighting.build(self.weighting, tasks, **self.weighting_params)
+        except TypeError as err:
+            raise ValueError(f"weighting_params for {self.weighting!r}: {err}") from None
 
     # -- the pieces of a training step (the assigner benchmark times them one by one) -----
     def data(self, scale: float = 1.0) -> tuple:
@@ -582,16 +606,23 @@ class Digits:
         logits = cls.reshape(-1, c)
         if keep is not None:
             logits, target = logits[keep], target[keep]
-        total = self.weights["cls"] * per_positive(losses["cls"], logits, target,
-                                                   num_pos=num_pos)
+        l_cls = per_positive(losses["cls"], logits, target, num_pos=num_pos)
         reg_inputs = SIGNATURES[reg_signature].from_detector(d, flat_pts, gt_boxes, stride)
         reg = losses["reg"](*reg_inputs, reduction="sum")
-        total = total + self.weights["reg"] * reg / num_pos
+        branch = None
         if iou is not None:
             iou_target = torch.zeros(n * p)
             iou_target[pos_rows] = overlap
             branch = F.binary_cross_entropy_with_logits(iou.reshape(-1)[pos], iou_target[pos],
                                                         reduction="sum") / num_pos
+        if getattr(self, "combine", None) is not None:
+            parts = {"cls": l_cls, "reg": reg / num_pos}
+            if branch is not None:
+                parts["iou"] = branch
+            return self.combine(parts)
+        total = self.weights["cls"] * l_cls
+        total = total + self.weights["reg"] * reg / num_pos
+        if branch is not None:
             total = total + self.weights["iou"] * branch
         return total
 
