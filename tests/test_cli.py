@@ -81,3 +81,6 @@ def test_ci_runs_the_readme_test_command():
     commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
     assert len(commands) == 2, "the quick start is exactly two commands"
     assert commands[1].replace(" install ", " install -q ") in ci
+    # and the distributed tests, which the default run leaves out
+    assert ".venv/bin/python -m pytest -q -m distributed" in readme
+    assert ".venv/bin/python -m pytest -q -m distributed" in ci
