@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -227,28 +228,46 @@ def test_two_workers_on_postgresql(tmp_path, postgres):
 
 
 # ------------------------------------------------------------------------------ Ray Tune
+@dataclass(frozen=True)
+class Head:
+    address: str
+    env: dict  # a driver's environment: the HOME whose ~/.ray/auth_token the head read
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A real Ray head on 127.0.0.1 (``ray start --head``), stopped with ``ray stop``."""
+    """A real Ray head on 127.0.0.1 (``ray start --head``), stopped with ``ray stop``.
+
+    Its HOME holds a token (``~/.ray/auth_token``, which any local ``ray.init()`` writes), so
+    ``ray start`` turns token authentication on, as on a user's machine; the drivers share
+    that HOME and set no ``RAY_AUTH_MODE``: autoloss must send the token itself.
+    """
     ray_bin = Path(sys.executable).parent / "ray"
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(os.urandom(16).hex())
+    env = {k: v for k, v in _env(HOME=str(home)).items() if not k.startswith("RAY_AUTH")}
     port = _free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run([str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True,
-                   capture_output=True, env=env, timeout=120)
+    started = subprocess.run(
+        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True,
+        text=True, env=dict(env, RAY_USAGE_STATS_ENABLED="0"), timeout=120)
+    assert "Token authentication is enabled" in started.stdout + started.stderr
     try:
-        yield f"127.0.0.1:{port}"
+        yield Head(f"127.0.0.1:{port}", env)
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env,
+                       timeout=120)
 
 
-def _ray_search(tmp_path: Path, address: str, trials: int, budget: int = 60,
-                log: Path | None = None) -> subprocess.Popen:
+def _ray_search(tmp_path: Path, head: Head, trials: int, budget: int = 60,
+                log: Path | None = None, **env) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "autoloss.cli", "search", str(_space(tmp_path, trials, budget)),
            "--runs-dir", str(tmp_path / "runs"), "--name", "ray", "--backend", "ray",
-           "--address", address, "--max-concurrent", "2", "--threads", "1", "--no-validate",
-           "--no-report", "--quiet"]
-    return subprocess.Popen(cmd, env=_env(), stdout=(log or tmp_path / "ray.log").open("w"),
+           "--address", head.address, "--max-concurrent", "2", "--threads", "1",
+           "--no-validate", "--no-report", "--quiet"]
+    return subprocess.Popen(cmd, env=dict(head.env, **env),
+                            stdout=(log or tmp_path / "ray.log").open("w"),
                             stderr=subprocess.STDOUT)
 
 
@@ -318,10 +337,20 @@ def test_a_killed_ray_driver_resumes_without_losing_trials(tmp_path, ray_head):
     resume = subprocess.run(
         [sys.executable, "-m", "autoloss.cli", "search", str(tmp_path / "dist.toml"),
          "--runs-dir", str(tmp_path / "runs"), "--name", "ray", "--resume", "--threads", "1",
-         "--no-validate", "--no-report", "--quiet"], env=_env(), capture_output=True,
+         "--no-validate", "--no-report", "--quiet"], env=ray_head.env, capture_output=True,
         text=True, timeout=400)
     assert resume.returncode == 0, resume.stdout + resume.stderr
     run = Run(folder)
     after = {t.number: (t.state, t.values) for t in _finished(run)}
     assert all(after[n] == v for n, v in before.items())  # nothing finished was lost
     _check_no_loss_no_duplicate(run, 6, 1)
+
+
+def test_a_driver_refused_by_the_head_s_authentication_says_how_to_fix_it(tmp_path, ray_head):
+    # the user opted out of token authentication; the head wants a token
+    proc = _ray_search(tmp_path, ray_head, trials=2, RAY_AUTH_MODE="disabled")
+    _wait([proc], 300)
+    log = (tmp_path / "ray.log").read_text()
+    assert proc.returncode == 2, log
+    assert "RAY_AUTH_MODE=token" in log and "RAY_AUTH_TOKEN" in log
+    assert not list((tmp_path / "runs").glob("*/study.db"))  # nothing half-made is left

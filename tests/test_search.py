@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -484,3 +486,66 @@ def test_export_of_a_missing_or_unfinished_trial_says_which(tiny, tmp_path):
     failed = unfinished.number
     with pytest.raises(AutolossError, match=f"trial {failed} did not complete"):
         Run(search.folder).export(trial=failed)
+
+
+# ------------------------------------------------------------- Ray token authentication
+class _Config:
+    """Stands in for ``ray._raylet.Config``: records the refresh instead of doing it."""
+    refreshed = 0
+
+    @classmethod
+    def initialize(cls, config: str) -> None:
+        cls.refreshed += 1
+
+
+@pytest.fixture
+def ray_env(tmp_path, monkeypatch):
+    """A HOME of its own and no Ray authentication settings; restored after."""
+    import ray._raylet
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # recorded, so that the undo removes what the code sets
+        monkeypatch.delenv(name)
+    _Config.refreshed = 0
+    monkeypatch.setattr(ray._raylet, "Config", _Config)
+    return tmp_path
+
+
+def _token_file(home: Path) -> None:
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("0123456789abcdef0123456789abcdef")
+
+
+def test_a_local_head_gets_this_machine_s_ray_token(ray_env):
+    from autoloss.search.ray_backend import use_token_auth_for
+
+    assert not use_token_auth_for("127.0.0.1:6379")  # no token anywhere: nothing to send
+    assert "RAY_AUTH_MODE" not in os.environ
+    _token_file(ray_env)
+    assert use_token_auth_for("localhost:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "token" and _Config.refreshed == 1
+
+
+@pytest.mark.parametrize("where", ["token_env", "token_path"])
+def test_a_token_in_ray_s_variables_counts(ray_env, monkeypatch, where):
+    from autoloss.search.ray_backend import use_token_auth_for
+
+    if where == "token_env":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "0123456789abcdef0123456789abcdef")
+    else:
+        (ray_env / "tok").write_text("0123456789abcdef0123456789abcdef")
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_env / "tok"))
+    assert use_token_auth_for("ray://127.0.0.1:10001")
+
+
+def test_a_token_is_not_sent_unasked_to_another_machine_or_against_the_user(ray_env,
+                                                                            monkeypatch):
+    from autoloss.search.ray_backend import use_token_auth_for
+
+    _token_file(ray_env)
+    assert not use_token_auth_for("192.0.2.77:6379")  # TEST-NET-1: never this machine
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert not use_token_auth_for("127.0.0.1:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and _Config.refreshed == 0

@@ -270,6 +270,54 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                        "a Ray started for this search") from None
 
 
+def _on_this_machine(host: str) -> bool:
+    """Whether HOST (a name or an address) is this machine: loopback, or one of its addresses."""
+    import ipaddress
+    import socket
+
+    try:
+        ip = socket.gethostbyname(host or "127.0.0.1")
+        if ipaddress.ip_address(ip).is_loopback:
+            return True
+        return ip in socket.gethostbyname_ex(socket.gethostname())[2]
+    except (OSError, ValueError):
+        return False
+
+
+def _local_token() -> Optional[str]:
+    """Where Ray would find an authentication token on this machine (None: nowhere)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+        if path and Path(path).is_file():
+            return str(path)
+    return None
+
+
+def use_token_auth_for(address: str) -> bool:
+    """Send this machine's Ray token to a head on this machine; returns whether it now does.
+
+    ``ray start --head`` turns token authentication on when it finds a token (``~/.ray/
+    auth_token``, which any local ``ray.init()`` of Ray >= 2.5x writes, autoloss's own local
+    Ray searches included), but a driver given an explicit address never sends one unless
+    ``RAY_AUTH_MODE=token``: ``ray start`` then ``autoloss search --address 127.0.0.1:6379``
+    would fail with "InvalidAuthToken". For a head on this machine (the same token file) the
+    token is sent; a token-mode driver also connects to a head without authentication. An
+    explicit ``RAY_AUTH_MODE`` is left alone, and a token is never sent to another machine
+    unasked.
+    """
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    if "RAY_AUTH_MODE" in os.environ or not _on_this_machine(host) or _local_token() is None:
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"  # for this driver and the processes it starts
+    try:  # Ray caches its config at import: refresh it, as Ray's own ``ray start`` does
+        from ray._raylet import Config
+        Config.initialize("")
+    except (ImportError, AttributeError):  # a Ray without token authentication
+        pass
+    return True
+
+
 def connect(address: Optional[str], cpus: Optional[int] = None) -> bool:
     """Connect to the cluster at ``address`` (None: start a local Ray); returns whether
     this call connected (the caller then shuts Ray down after)."""
@@ -280,15 +328,24 @@ def connect(address: Optional[str], cpus: Optional[int] = None) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if address:
         check_address(address)
+        use_token_auth_for(address)
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=cpus or os.cpu_count(), include_dashboard=False)
     try:
         ray.init(**kwargs)
     except ConnectionError as err:
-        raise RayError(f"--address {address}: no Ray cluster answers there ({err}); start "
-                       "one with `ray start --head --port 6379` or leave --address out for "
-                       "a local Ray") from err
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = ("; if the cluster uses token authentication (`ray start` turns it on where "
+                    "it finds ~/.ray/auth_token), run with RAY_AUTH_MODE=token and the "
+                    "cluster's token in RAY_AUTH_TOKEN (see docs/distributed.md)")
+        elif address:
+            hint = (f"; this driver sent the token from {_local_token() or 'nowhere'}: check "
+                    "that it is the cluster's (`ray get-auth-token` on the head prints it)")
+        raise RayError(f"--address {address}: Ray could not connect ({err}){hint}; start a "
+                       "cluster with `ray start --head --port 6379`, or leave --address out "
+                       "for a local Ray") from err
     return True
 
 
