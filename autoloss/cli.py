@@ -209,9 +209,6 @@ def eval_cmd(args) -> int:
 
 # ------------------------------------------------------------------------------- search
 def search_cmd(args) -> int:
-    from .search.engine import Search
-    from .search.progress import Display
-
     ray = None
     if args.backend == "ray":
         from .search.ray_backend import RaySettings
@@ -220,14 +217,30 @@ def search_cmd(args) -> int:
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      scheduler=args.scheduler, max_failures=args.max_failures)
         ray = RaySettings(**{k: v for k, v in given.items() if v is not None})
-        if ray.address:  # before a run folder is made for it
-            from .search.ray_backend import check_address
-
-            check_address(ray.address)
     elif any(v is not None for v in (args.address, args.max_concurrent, args.cpus_per_trial,
                                      args.gpus_per_trial, args.scheduler, args.max_failures)):
         raise AutolossError("--address, --max-concurrent, --cpus-per-trial, --gpus-per-trial, "
                             "--scheduler and --max-failures need --backend ray")
+    if ray is None or not ray.address:
+        return _search(args, ray)
+    # connected before a run folder is made for it: a cluster that is not there, or that
+    # refuses this driver, leaves no half-made run behind to be resumed
+    from .search.ray_backend import connect
+
+    connected = connect(ray.address)
+    try:
+        return _search(args, ray)
+    finally:
+        if connected:
+            import ray as ray_lib
+
+            ray_lib.shutdown()
+
+
+def _search(args, ray) -> int:
+    from .search.engine import Search
+    from .search.progress import Display
+
     search = Search.create(args.space, runs_dir=args.runs_dir, name=args.name,
                            resume=args.resume, strategy=args.strategy, seed=args.seed,
                            trials=args.trials, timeout=args.timeout, threads=args.threads,
