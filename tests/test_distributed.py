@@ -304,7 +304,8 @@ def test_a_killed_ray_worker_s_trial_is_retried(tmp_path, ray_head):
             os.kill(running[0].user_attrs["ray"]["pid"], signal.SIGKILL)
             killed = running[0].number
         time.sleep(0.3)
-    assert killed is not None, "no Ray trial was caught running"
+    assert killed is not None, ("no Ray trial was caught running; the driver's log:\n"
+                                + (tmp_path / "ray.log").read_text()[-4000:])
     _wait([proc], 400)
     assert proc.returncode == 0, (tmp_path / "ray.log").read_text()
     run = Run(folder)

@@ -378,8 +378,7 @@ def test_killed_search_loses_nothing_and_resumes(tiny, tmp_path, sig):
             pytest.fail("the search ended before it could be interrupted:\n"
                         + proc.stdout.read().decode(errors="replace")[-3000:])
         if db.exists():
-            # read-only: opening the study through Optuna here would race the search for
-            # creating the schema (both insert alembic_version; the loser dies)
+            # read-only SQL: the test counts without opening the run through Optuna
             try:
                 with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
                     finished = con.execute("SELECT COUNT(*) FROM trials WHERE state IN "
@@ -421,6 +420,46 @@ def test_search_cli_and_export_run(tiny, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert exp.returncode == 0, exp.stdout + exp.stderr
     assert (tmp_path / "t1.py").exists()
+
+
+def test_a_reader_never_makes_a_run_s_storage_nor_races_its_writer(tmp_path):
+    import threading
+
+    from autoloss.search.optuna_backend import StorageError, load_study
+
+    with pytest.raises(StorageError, match="has not made its storage yet"):
+        load_study(tmp_path)
+    assert not list(tmp_path.iterdir())  # no empty study.db left behind
+    # readers poll while the writer makes the schema: each sees no file or a whole one
+    # (Optuna stamps the schema version check-then-insert: racing on a half-made file, one
+    # side died of "UNIQUE constraint failed: alembic_version")
+    errors: list[Exception] = []
+    for i in range(12):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                try:
+                    storage(folder, create=False).engine.dispose()
+                except StorageError:  # not there yet
+                    pass
+                except Exception as err:  # noqa: BLE001 - what the test is for
+                    errors.append(err)
+
+        readers = [threading.Thread(target=poll) for _ in range(2)]
+        for r in readers:
+            r.start()
+        try:
+            storage(folder).engine.dispose()
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+        stop.set()
+        for r in readers:
+            r.join()
+        assert sorted(p.name for p in folder.iterdir()) == ["study.db"]
+    assert not errors, errors[:3]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")

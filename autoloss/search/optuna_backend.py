@@ -83,14 +83,20 @@ def study_name(url: Optional[str], run_name: str) -> str:
     return run_name if "://" in check_storage(url) else STUDY
 
 
-def storage(folder: Path, url: Optional[str] = None) -> optuna.storages.BaseStorage:
-    """The run's storage (``url``: see :func:`check_storage`).
+def storage(folder: Path, url: Optional[str] = None,
+            create: bool = True) -> optuna.storages.BaseStorage:
+    """The run's storage (``url``: see :func:`check_storage`); ``create=False`` for a reader,
+    which never makes a run's SQLite file (an error says the run has none yet).
 
     SQLite runs in write-ahead-log mode with ``synchronous=NORMAL``: a commit appends to
     ``study.db-wal`` without waiting for the disk, which makes the per-trial writes several
     times cheaper. A killed process loses nothing it committed (the log is replayed when the
     database is next opened); only a power cut or an OS crash can roll back the last commits.
     Readers (``autoloss report``, optuna-dashboard) may open the database while it is written.
+    A new file gets its schema under another name and is then renamed into place: Optuna
+    stamps its schema version check-then-insert, so a reader opening a file whose schema the
+    writer is still making would insert the same row and one of the two would fail
+    ("UNIQUE constraint failed: alembic_version"); a reader sees no file or a whole one.
     Its heartbeats are Optuna's (one writer: ``--resume`` fails whatever was left RUNNING).
 
     The shared storages keep their heartbeats as a trial attribute (the journal has no
@@ -110,11 +116,20 @@ def storage(folder: Path, url: Optional[str] = None) -> optuna.storages.BaseStor
         except sqlalchemy.exc.SQLAlchemyError as err:
             raise StorageError(f"--storage {url}: cannot open the database: "
                                f"{str(err).splitlines()[0]}") from err
+    path = Path(folder) / "study.db"
+    if not path.exists():
+        if not create:
+            raise StorageError(f"{path}: no such file: the run has not made its storage yet "
+                               "(or the folder is not a run's)")
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)  # left by a process killed while making it
+        optuna.storages.RDBStorage(f"sqlite:///{fresh}").engine.dispose()
+        os.replace(fresh, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
         store = optuna.storages.RDBStorage(
-            f"sqlite:///{Path(folder) / 'study.db'}", heartbeat_interval=max(1, int(HEARTBEAT_S)),
+            f"sqlite:///{path}", heartbeat_interval=max(1, int(HEARTBEAT_S)),
             grace_period=max(1, int(GRACE_S)), heartbeat_stale_trial_callback=retry,
             engine_kwargs={"connect_args": {"timeout": 30}})
     sqlalchemy.event.listen(store.engine, "connect", _sqlite_pragmas)
@@ -133,7 +148,7 @@ def load_study(folder: Path, url: Optional[str] = None,
                name: Optional[str] = None) -> optuna.Study:
     """A run's study, to read (no sampler or pruner of the search's)."""
     return optuna.load_study(study_name=name or study_name(url, Path(folder).name),
-                             storage=storage(folder, url))
+                             storage=storage(folder, url, create=False))
 
 
 class OptunaTrial(TrialHandle):
