@@ -196,7 +196,8 @@ def test_tal_matches_ultralytics(seed, kind, params):
 
 # ----------------------------------------------------------------------------------- OTA
 @pytest.mark.parametrize("params", [{}, {"sinkhorn_iters": 20, "sinkhorn_eps": 0.2,
-                                          "topk": 8, "reg_weight": 3.0}])
+                                          "topk": 8, "reg_weight": 3.0},
+                                    {"sinkhorn_eps": 0.002}])  # both paths: see below
 @pytest.mark.parametrize("seed,kind", list(scenes()))
 def test_ota_matches_official(seed, kind, params):
     x = scene(seed, kind)
@@ -223,6 +224,64 @@ def test_ota_matches_official(seed, kind, params):
         torch.testing.assert_close(ours.quality[i], ious, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(ours.weight[i], ious, rtol=1e-9, atol=1e-12)
     assert ours.num_positive > 0
+
+
+def _transport(seed: int, dtype=torch.float64, batch=4, gts=5, priors=60):
+    """Supplies, costs (a 1e6 penalty outside a random region) and real rows, as OTA's."""
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(batch, gts + 1, priors, generator=g, dtype=dtype) * 30
+    region = torch.rand(batch, gts, priors, generator=g) < 0.3
+    region[..., 0] = True  # every gt has a prior in its region
+    cost[:, :gts] += 1e6 * (~region)
+    rows = torch.ones(batch, gts + 1, dtype=torch.bool)
+    rows[1:, 3:gts] = False  # padding
+    mu = torch.randint(1, 6, (batch, gts + 1), generator=g).to(dtype) * rows
+    mu[:, -1] = priors - mu[:, :gts].sum(1)
+    return mu, cost, rows
+
+
+@pytest.mark.parametrize("params", [{}, {"sinkhorn_eps": 0.2, "sinkhorn_iters": 20},
+                                    {"sinkhorn_eps": 0.02}])
+@pytest.mark.parametrize("empty_region", [False, True])
+def test_ota_matrix_scaling_is_the_log_domain_plan(params, empty_region):
+    a = assigners.build("ota", **params)
+    for seed in range(3):
+        mu, cost, rows = _transport(seed)
+        if empty_region:  # a gt with no prior in its region: all its costs carry the penalty
+            cost[0, 1] += 1e6
+        slow = a._log_domain(mu, cost, rows)
+        if empty_region:  # either path; the log domain cancels 1e7-sized potentials, which
+            fast, rtol = a._sinkhorn(mu, cost, rows), 1e-8  # float64 holds to ~2e-9
+        else:
+            fast, rtol = a._scaling(mu, cost, rows), 1e-10
+            assert fast is not None
+        torch.testing.assert_close(fast, slow, rtol=rtol, atol=rtol * float(slow.max()))
+        # float32 costs: the plan is float32, as close to the float64 plan as float32 holds
+        # (closer than float32 log-domain iterations, off by up to 3e-3 at eps 0.0005)
+        plan = a._sinkhorn(mu.float(), cost.float(), rows)
+        assert plan.dtype == torch.float32
+        torch.testing.assert_close(plan.double(), a._log_domain(mu, cost.float().double(), rows),
+                                   rtol=1e-5, atol=1e-6 * float(slow.max()))
+
+
+def test_ota_falls_back_to_the_log_domain_where_scaling_underflows(monkeypatch):
+    # at a tiny eps a column's kernel underflows to zero where the log domain still has
+    # (astronomically small) mass: the scaling is refused, the log domain decides
+    mu, cost, rows = _transport(0)
+    a = assigners.build("ota", sinkhorn_eps=0.002)
+    assert a._scaling(mu, cost, rows) is None
+    torch.testing.assert_close(a._sinkhorn(mu, cost, rows), a._log_domain(mu, cost, rows))
+    used, scaling = [], type(a)._scaling
+
+    def spy(self, *args):
+        plan = scaling(self, *args)
+        used.append(plan is not None)
+        return plan
+
+    monkeypatch.setattr(type(a), "_scaling", spy)
+    for kind, eps in (("random", 0.1), ("tiny", 0.1), ("crowded", 0.002)):
+        assigners.build("ota", sinkhorn_eps=eps)(scene(0, kind))
+    assert used == [True, True, False]  # the official comparisons above see both paths
 
 
 def test_ota_demand_above_the_priors_stays_finite():

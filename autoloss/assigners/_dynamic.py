@@ -9,6 +9,7 @@ swapped in, read at ``(B, G, P)``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -179,8 +180,8 @@ class OTAAssigner(Assigner):
     center_radius * stride, clipped to the box]``; the background row costs ``sum_c
     focal(x_ic, 0)``. Supplies: ``max(1, int(sum of the top-``topk`` IoUs inside the
     region))`` units per gt, the remaining ``P - sum`` to background; one unit of demand per
-    prior. ``sinkhorn_iters`` log-domain Sinkhorn iterations at entropy ``sinkhorn_eps``
-    give the plan; each row is divided by its maximum and each prior goes to its largest
+    prior. ``sinkhorn_iters`` Sinkhorn iterations at entropy ``sinkhorn_eps`` give the plan
+    (in float64: see :meth:`_sinkhorn`); each row is divided by its maximum and each prior goes to its largest
     entry. Quality and weight: the IoU of the predicted box with its gt (the official
     IoU-branch target and GIoU-loss weight). One guard the official code lacks: when the
     gts ask for more than ``P`` units (few priors, many well-predicted boxes) the
@@ -232,13 +233,62 @@ class OTAAssigner(Assigner):
         plan = self._sinkhorn(mu, cost, rows)
         plan = plan / plan.amax(-1, keepdim=True).where(rows[..., None], 1.0)
         plan = plan.masked_fill(~rows[..., None], -1.0)
-        row = plan.argmax(1)                                                      # (B, P)
+        row = plan.max(1).indices  # (B, P): the first largest, as argmax (15x faster here)
         n_gt = valid.shape[1]
         gt_index = torch.where(row < n_gt, row, -1)
         iou = _matched(ious, gt_index)
         return Assignment.build(x, gt_index, quality=iou, weight=iou)
 
     def _sinkhorn(self, mu: Tensor, cost: Tensor, rows: Tensor) -> Tensor:
+        """The plan of ``SinkhornDistance.forward`` (``sinkhorn_iters`` iterations at entropy
+        ``sinkhorn_eps``, the columns' update first), in float64 whatever the costs' dtype:
+        :meth:`_scaling` where it can be trusted, else :meth:`_log_domain`.
+
+        The official code iterates in float32 in the log domain, where a gt with no prior
+        in its region (all its costs carry the 1e6 penalty: ``-C / eps`` near -1e7) leaves
+        the potentials about 1e7 and the plan's exponents a few units off: on a digits batch
+        its float32 plan is 9 % off the float64 one, and 6 of 23,040 priors (1,438
+        positives, six batches of an untrained detector) go to another gt or background. The
+        tests' scenes assign as the official code does; both paths here agree with the float64
+        log domain.
+        """
+        plan = self._scaling(mu, cost, rows)
+        if plan is None:
+            plan = self._log_domain(mu.double(), cost.double(), rows)
+        return plan.to(cost.dtype)
+
+    def _scaling(self, mu: Tensor, cost: Tensor, rows: Tensor) -> Optional[Tensor]:
+        """Sinkhorn's matrix scaling of ``K = exp(-C / eps)`` in float64; None where it
+        cannot be trusted.
+
+        The same iterations as the log domain's for a fraction of their time (digits: 7 ms
+        instead of 16 for the whole assignment): an iteration is two multiply-and-sums, not
+        two log-sum-exps. ``K``'s rows are divided by their largest entry, then its columns
+        (diagonal scalings: the column one is absorbed by the first ``v``, the row one by
+        starting ``u`` at ``exp(row max)`` instead of 1, which is where the official ``u = 1``
+        lands in these units), so every row and column keeps an entry 1 and the penalised
+        rows of a gt with no prior in its region do not underflow to zero. Where something
+        does (a tiny ``eps``: a column that only a not-yet-started row can supply), a
+        scaling turns infinite or a row misses its supply, and None sends it to the log
+        domain.
+        """
+        eps = self.sinkhorn_eps
+        k = (-cost.double() / eps).masked_fill(~rows[..., None], -math.inf)
+        top = k.amax(2).where(rows, -math.inf)                                   # (B, G+1)
+        k = k - top.where(rows, 0.0)[..., None]
+        kernel = (k - k.amax(1, keepdim=True)).exp_()                            # (B, G+1, P)
+        supply = (mu.double() + 1e-8) * rows
+        u = (top - top.amax(1, keepdim=True)).exp_()  # the official u = 1 (see above)
+        v = None
+        for _ in range(self.sinkhorn_iters):  # nu = 1 per prior, + 1e-8 as the official
+            v = (1.0 + 1e-8) / (kernel * u[..., :, None]).sum(1)                   # (B, P)
+            u = supply / (kernel * v[..., None, :]).sum(2).clamp_(min=1e-300)      # (B, G+1)
+        plan = u[..., :, None] * kernel * v[..., None, :]
+        ok = torch.isfinite(plan).all() and torch.allclose(plan.sum(2), supply, rtol=1e-6,
+                                                             atol=1e-12)
+        return plan if ok else None
+
+    def _log_domain(self, mu: Tensor, cost: Tensor, rows: Tensor) -> Tensor:
         """The log-domain Sinkhorn iterations of ``SinkhornDistance.forward``; returns the
         plan ``exp((-C + u + v) / eps)``.
 
