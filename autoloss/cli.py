@@ -381,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=eval_cmd)
 
     se = sub.add_parser("search", help="search losses (Optuna, SQLite storage under runs/)")
-    se.add_argument("space", help="a search space: box-regression, dense-classification, "
-                                  "detector, focal-tuning, or a .toml path")
+    from .search import space as spaces
+
+    se.add_argument("space", help=f"a search space: {', '.join(spaces.names())}, or a .toml "
+                                  "path")
     se.add_argument("--trials", type=int, help="number of trials (default: the space's)")
     se.add_argument("--timeout", type=float, help="stop after this many seconds")
     se.add_argument("--strategy", choices=("random", "tpe", "evolution", "evolution-scratch",

@@ -84,3 +84,14 @@ def test_ci_runs_the_readme_test_command():
     # and the distributed tests, which the default run leaves out
     assert ".venv/bin/python -m pytest -q -m distributed" in readme
     assert ".venv/bin/python -m pytest -q -m distributed" in ci
+
+
+def test_search_help_names_every_shipped_space(capsys):
+    from autoloss.search import space as spaces
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert len(spaces.names()) >= 7
+    for name in spaces.names():  # read from search_spaces/, not a list kept by hand
+        assert name.replace("-", "- ") in text or name in text, name
