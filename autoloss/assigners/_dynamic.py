@@ -181,11 +181,11 @@ class OTAAssigner(Assigner):
     focal(x_ic, 0)``. Supplies: ``max(1, int(sum of the top-``topk`` IoUs inside the
     region))`` units per gt, the remaining ``P - sum`` to background; one unit of demand per
     prior. ``sinkhorn_iters`` Sinkhorn iterations at entropy ``sinkhorn_eps`` give the plan
-    (in float64: see :meth:`_sinkhorn`); each row is divided by its maximum and each prior goes to its largest
-    entry. Quality and weight: the IoU of the predicted box with its gt (the official
-    IoU-branch target and GIoU-loss weight). One guard the official code lacks: when the
-    gts ask for more than ``P`` units (few priors, many well-predicted boxes) the
-    background supply is 0, not negative (whose log is NaN).
+    (in float64: see :meth:`_sinkhorn`); each row is divided by its maximum and each prior
+    goes to its largest entry. Quality and weight: the IoU of the predicted box with its gt
+    (the official IoU-branch target and GIoU-loss weight). One guard the official code
+    lacks: when the gts ask for more than ``P`` units (few priors, many well-predicted boxes)
+    the background supply is 0, not negative (whose log is NaN).
     """
 
     def validate(self):
@@ -274,7 +274,7 @@ class OTAAssigner(Assigner):
         """
         eps = self.sinkhorn_eps
         k = (-cost.double() / eps).masked_fill(~rows[..., None], -math.inf)
-        top = k.amax(2).where(rows, -math.inf)                                   # (B, G+1)
+        top = k.amax(2)                                          # (B, G+1); -inf: padding
         k = k - top.where(rows, 0.0)[..., None]
         kernel = (k - k.amax(1, keepdim=True)).exp_()                            # (B, G+1, P)
         supply = (mu.double() + 1e-8) * rows

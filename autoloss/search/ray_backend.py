@@ -257,13 +257,19 @@ def _proposals_class():
     return Proposals
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    """HOST and PORT of ``[ray://]HOST:PORT`` (an empty host is 127.0.0.1)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host or "127.0.0.1", port
+
+
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast where ``ray.init`` would retry for minutes: nothing listens at ADDRESS."""
     import socket
 
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, port = _host_port(address)
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+        socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as err:
         raise RayError(f"--address {address}: no Ray cluster answers there ({err}); start one "
                        "with `ray start --head --port 6379`, or leave --address out to run on "
@@ -276,7 +282,7 @@ def _on_this_machine(host: str) -> bool:
     import socket
 
     try:
-        ip = socket.gethostbyname(host or "127.0.0.1")
+        ip = socket.gethostbyname(host)
         if ipaddress.ip_address(ip).is_loopback:
             return True
         return ip in socket.gethostbyname_ex(socket.gethostname())[2]
@@ -306,7 +312,7 @@ def use_token_auth_for(address: str) -> bool:
     explicit ``RAY_AUTH_MODE`` is left alone, and a token is never sent to another machine
     unasked.
     """
-    host = address.removeprefix("ray://").rpartition(":")[0]
+    host, _ = _host_port(address)
     if "RAY_AUTH_MODE" in os.environ or not _on_this_machine(host) or _local_token() is None:
         return False
     os.environ["RAY_AUTH_MODE"] = "token"  # for this driver and the processes it starts
