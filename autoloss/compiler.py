@@ -333,16 +333,17 @@ class CompiledLoss:
     def run(self, prep, needs: Sequence[bool], values: tuple):
         """Evaluate on prepared columns; returns (value, gradient buffers).
 
-        Large batches run in row chunks of about ``runtime.CHUNK`` elements, so every
-        temporary (and the contiguous copy of a strided column) stays in cache: several
-        times faster than whole-batch elementwise ops. The inductor backend fuses everything
-        into one loop and needs no chunking.
+        Large batches on the CPU run in row chunks of about ``runtime.CHUNK`` elements, so
+        every temporary (and the contiguous copy of a strided column) stays in cache: several
+        times faster than whole-batch elementwise ops (``runtime.whole`` decides). A GPU
+        runs the whole batch; the inductor backend fuses everything into one loop and needs
+        no chunking.
         """
         fn = self.function(needs)
         cols = list(prep.columns) + self.batch_columns(prep.columns, values)
         ref = cols[0]
         grad = any(needs)
-        if ref.numel() <= 2 * runtime.CHUNK or self.backend == "inductor":
+        if runtime.whole(ref) or self.backend == "inductor":
             result = fn(*(runtime.dense(c) for c in cols), *values)
             if not grad:
                 return result, []

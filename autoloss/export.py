@@ -85,7 +85,7 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, *cols):
-        if cols[0].numel() <= 2 * _CHUNK:
+        if _whole(cols[0]):
             out = _value_and_grad(*[_dense(c) for c in cols], *params)
             value, grads = out[0], list(out[1:])
         else:

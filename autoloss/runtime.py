@@ -18,6 +18,7 @@ from torch import Tensor
 # EXPORTED: everything below is copied into exported modules (torch only, no autoloss)
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 #: elements per column evaluated at once: temporaries stay in cache
@@ -53,6 +54,16 @@ def reduce(loss: Tensor, reduction: str = "none", weight: Optional[Tensor] = Non
     raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got '{reduction}'")
 
 
+def whole(ref: Tensor) -> bool:
+    """Whether one call over the whole batch beats chunks: on a GPU always (one kernel an
+    op); on the CPU when the batch is within two chunks, or within one with several
+    threads (torch would split each small op between the threads, at a cost per op)."""
+    if ref.device.type != "cpu":
+        return True
+    serial = serial_only(ref) or torch.get_num_threads() < 2
+    return ref.numel() <= (2 * CHUNK if serial else CHUNK)
+
+
 def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
     """Evaluate ``fn(*cols, *params)`` row chunk by row chunk into ``value`` and ``grads``.
 
@@ -76,12 +87,30 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
     step = max(1, CHUNK // 2 // width)
     bounds = [rows * k // threads for k in range(threads + 1)]
     grad_mode = torch.is_grad_enabled()
+    fn = scripted(fn)
 
     def share(k: int) -> None:
         with torch.set_grad_enabled(grad_mode):  # a new thread starts with autograd on
             run_rows(fn, cols, params, value, grads, bounds[k], bounds[k + 1], step)
 
     list(pool(threads).map(share, range(threads)))  # waits; re-raises a worker's error
+
+
+def scripted(fn):
+    """``fn`` compiled by TorchScript, made once per function (``fn`` itself where it does
+    not script). TorchScript runs the ops with the GIL released: from Python every op holds
+    it while it is dispatched, a third of a chunk's time, so the threads would wait on each
+    other. Values are those of ``fn``: the same ops in the same order."""
+    script = getattr(fn, "__scripted__", None)
+    if script is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript is deprecated, and still here
+                script = torch.jit.script(fn)
+        except Exception:  # noqa: BLE001 - any failure to script: run the Python function
+            script = fn
+        fn.__scripted__ = script
+    return script
 
 
 def serial_only(ref: Tensor) -> bool:
@@ -195,8 +224,8 @@ def source(prefix: str = "_") -> str:
 
 
 #: the module-level names of the exported text that :func:`source` makes private
-EXPORTED_NAMES = ("CHUNK", "reduce", "run_chunks", "run_rows", "dense", "serial_only",
-                  "POOLS_LOCK", "POOLS", "pool", "FORKED", "after_fork")
+EXPORTED_NAMES = ("CHUNK", "reduce", "whole", "run_chunks", "scripted", "run_rows", "dense",
+                  "serial_only", "POOLS_LOCK", "POOLS", "pool", "FORKED", "after_fork")
 
 
 #: the runtime functions the registry's torch forms call, by name (batch- and row-level)

@@ -103,7 +103,7 @@ def scaling(rows=(10_000, 100_000, 250_000, 1_000_000, 4_000_000), threads=(1, 2
                 torch.set_num_threads(t)
                 eager, compiled = paired([fwd_bwd(getattr(reference, name), inputs),
                                           fwd_bwd(zoo.build(name), inputs)],
-                                         max(5, per_size(n * inputs[0].shape[1]) // 4))
+                                         max(9, per_size(n * inputs[0].shape[1]) // 2))
                 out.append((name, n, t, compiled / eager))
                 line += f" {eager * 1e3:12.2f} {compiled / eager:9.3f}"
             print(line, flush=True)

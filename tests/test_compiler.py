@@ -149,6 +149,48 @@ def test_chunked_evaluation_equals_whole_batch(monkeypatch, threads):
         torch.testing.assert_close(zoo.build("focal")(x, t), focal_full, **close)
 
 
+def test_threaded_chunks_run_the_scripted_function(monkeypatch):
+    """Worker threads run each chunk through TorchScript (no GIL held per op), with the
+    same values as the Python function on one thread."""
+    monkeypatch.setattr(runtime, "CHUNK", 64)
+    x, t = sample("sigmoid", 500, 4)
+    x = x.clone().requires_grad_(True)
+    loss = zoo.build("focal")
+    serial = loss(x, t)
+    (g_serial,) = torch.autograd.grad(serial.sum(), x)
+    fn = zoo.compiled("focal").function([True, False, False, False])
+    fn.__dict__.pop("__scripted__", None)  # an earlier test may have run it threaded
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    threaded = loss(x, t)
+    (g_threaded,) = torch.autograd.grad(threaded.sum(), x)
+    assert isinstance(fn.__scripted__, torch.jit.ScriptFunction)
+    torch.testing.assert_close(threaded, serial, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(g_threaded, g_serial, rtol=1e-13, atol=1e-15)
+
+
+def test_whole_batch_or_chunks(monkeypatch):
+    """A GPU batch runs whole (chunks would launch every op once per chunk); a CPU batch
+    between one and two chunks runs whole on one thread and in chunks on several."""
+    assert runtime.whole(torch.empty(100 * runtime.CHUNK, device="meta"))
+    middle = torch.empty(runtime.CHUNK + 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert runtime.whole(middle) and not runtime.whole(torch.empty(2 * runtime.CHUNK + 1))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not runtime.whole(middle) and runtime.whole(torch.empty(runtime.CHUNK))
+    with torch.inference_mode():  # one thread runs it: the one-thread rule
+        assert runtime.whole(middle)
+
+
+def test_a_function_torchscript_refuses_runs_as_python():
+    def square(*cols):  # TorchScript has no variadic arguments
+        return cols[0] * cols[0]
+
+    assert runtime.scripted(square) is square
+    value = torch.empty(300)
+    runtime.run_chunks(square, [torch.arange(300.0)], (), value, None)
+    torch.testing.assert_close(value, torch.arange(300.0) ** 2)
+
+
 def test_constant_and_unused_input_expressions():
     pred, target = sample("box", 5, 0)
     pred = pred.clone().requires_grad_(True)
