@@ -238,6 +238,8 @@ class WIoUv3Loss(StatefulLoss):
             raise SignatureError(f"wiou_v3: steps must be >= 1 (batches per epoch x epochs), "
                                  f"got {steps}")
         v1 = _compiled("wiou")(pred, target)
+        if self.mean.device != pred.device:  # follow the inputs, as the other states do
+            self.mean = self.mean.to(pred.device)
         with torch.no_grad():
             iou_loss = _compiled("iou")(pred.detach(), target.detach())
             if self.training and iou_loss.numel():

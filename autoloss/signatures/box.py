@@ -105,7 +105,8 @@ def degenerate(dtype=torch.float64):
 
 
 def rescale(pred: Tensor, target: Tensor, s: float, shift: float):
-    offset = torch.tensor([shift, -0.6 * shift, shift, -0.6 * shift], dtype=pred.dtype)
+    offset = torch.tensor([shift, -0.6 * shift, shift, -0.6 * shift], dtype=pred.dtype,
+                          device=pred.device)
     return pred * s + offset, target * s + offset
 
 
