@@ -75,7 +75,8 @@ def run_chunks(fn, cols: List[Tensor], params, value: Tensor, grads) -> None:
     With several torch threads each thread takes one contiguous share of the rows, in
     chunks of half the size: below torch's own grain (32768 elements), so torch does not
     split the small ops again and every thread streams through its share in cache. The
-    elementwise ops release the GIL, so the threads run side by side.
+    threads run ``fn`` compiled by TorchScript (:func:`scripted`), which holds no GIL
+    between ops, so they run side by side.
     """
     ref = cols[0]
     rows = ref.shape[0] if ref.dim() > 0 else 1
