@@ -41,6 +41,12 @@ builds one instance per zoo module, so its state (torch buffers, saved by ``stat
 forgotten by ``reset()``) is never shared; its ``forward`` takes the signature's inputs
 and the entry's ``params`` as keywords and returns the unreduced loss, which the zoo
 reduces (see :class:`autoloss.zoo.ModuleLoss`).
+
+``normaliser`` says what the paper divides the summed loss by in a detector (a proxy does
+the same): ``"positives"`` (the default: RetinaNet's number of positive samples),
+``"elements"`` (every element the loss sees, GHM's total) or ``"samples"`` (the rows, as
+EQL, EQLv2 and Seesaw's heads average over the sampled boxes). A set-level loss normalises
+itself and takes no ``normaliser``.
 """
 from __future__ import annotations
 
@@ -74,8 +80,12 @@ KINDS = {"E": "elementwise", "B": "batch-level terms, computed once over the bat
 _ENTRY_FIELDS = {
     "title": True, "paper": True, "section": True, "signature": True, "expression": True,
     "params": False, "let": False, "properties": False, "reference": False, "notes": False,
-    "kind": False, "not_invariant": False, "implementation": False,
+    "kind": False, "not_invariant": False, "implementation": False, "normaliser": False,
 }
+#: what a detector divides a loss's sum by (``normaliser``), and how to say it
+NORMALISERS = {"positives": "the number of positive samples",
+               "elements": "the number of elements (the mean)",
+               "samples": "the number of samples (rows)"}
 #: what a set-level entry may not have (it names a function instead of an expression)
 _EXPRESSION_FIELDS = ("expression", "let")
 _IMPLEMENTATION = re.compile(r"^autoloss(\.[a-z_][a-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
@@ -126,6 +136,8 @@ class LossSpec:
     #: a set-level loss's function or a hand-written batch-level module's class,
     #: ``"module:name"`` (empty for an expression)
     implementation: str = ""
+    #: what a detector divides the summed loss by (:data:`NORMALISERS`)
+    normaliser: str = "positives"
 
     @property
     def compiles(self) -> bool:
@@ -290,9 +302,15 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
         if required and fld not in body and not (hand_written and fld == "expression"):
             fail(fld, "is required")
     for fld in ("title", "paper", "section", "signature", "expression", "reference", "notes",
-                "kind", "not_invariant", "implementation"):
+                "kind", "not_invariant", "implementation", "normaliser"):
         if fld in body and not isinstance(body[fld], str):
             fail(fld, f"must be a string, got {type(body[fld]).__name__}")
+    normaliser = body.get("normaliser", "positives")
+    if normaliser not in NORMALISERS:
+        fail("normaliser", f"{normaliser!r} is not one of {', '.join(NORMALISERS)}; "
+                           f"{did_you_mean(normaliser, NORMALISERS)}")
+    if body.get("kind") == "S" and "normaliser" in body:
+        fail("normaliser", "a set-level loss (kind \"S\") normalises itself: drop the field")
     if body["section"] not in subsections:
         fail("section", f"{body['section']!r} is not a subsection of this file's [section]; "
                         f"use one of {sorted(subsections)}")
@@ -390,7 +408,7 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
         let=tuple(let_items), params={k: v for k, v in params.items() if k in used},
         properties=tuple(props), reference=body.get("reference", ""),
         notes=body.get("notes", ""), kind=kind, file=name, display=tuple(display),
-        not_invariant=not_invariant, param_units=param_units,
+        not_invariant=not_invariant, param_units=param_units, normaliser=normaliser,
     )
 
 
@@ -448,6 +466,7 @@ def _implemented(where, loss_id, body, name, signature, kind, own, props, fail) 
         signature=signature.name, expression=None, text=text, params=own,
         properties=tuple(props), reference=body.get("reference", ""),
         notes=body.get("notes", ""), kind=kind, file=name, implementation=text,
+        normaliser=body.get("normaliser", "positives"),
     )
 
 

@@ -116,6 +116,8 @@ def zoo_show(args) -> int:
     con.print(f"signature:  {sig.name}: ({inputs}) -> {sig.output}")
     con.print(f"kind:       {spec.kind} ({catalog.KINDS[spec.kind]})")
     con.print(f"properties: {', '.join(spec.properties) or '-'}")
+    if spec.kind != "S":
+        con.print(f"normalised: the sum / {catalog.NORMALISERS[spec.normaliser]}, in a detector")
     if spec.invariant is not None:
         con.print(f"invariant:  {escape(_invariance(spec))} (to scaling and shifting the image)")
     if spec.reference:

@@ -212,6 +212,10 @@ class CompiledLoss:
     expression. ``source`` holds the generated code.
     """
 
+    #: what a detector divides the summed loss by (``catalog.NORMALISERS``; a zoo entry's
+    #: own, set by ``zoo.compiled``): proxies read it through ``per_positive``
+    normaliser = "positives"
+
     def __init__(self, expression: Expr, signature: Signature | str, *, name: str = "loss",
                  mode: Mode = "exact", doc: str = "", backend: Backend = "eager",
                  kind: str = "E"):

@@ -58,8 +58,10 @@ def compiled(loss_id: str) -> CompiledLoss:
     """The compiled loss behind ``build(loss_id)`` (source, gradient functions, hash)."""
     spec = get(loss_id)
     require_expression(spec, f"the zoo ({loss_id!r} is kind {spec.kind}, hand-written)")
-    return compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title,
+    loss = compile_loss(spec.expression, spec.signature, name=loss_id, doc=spec.title,
                         kind=spec.kind)
+    loss.normaliser = spec.normaliser  # the compile cache keys on the id: this entry's own
+    return loss
 
 
 class SetLevelLoss:
@@ -83,6 +85,7 @@ class SetLevelLoss:
         self.fn = getattr(importlib.import_module(module), function)
         self.spec = spec
         self.name = spec.id
+        self.normaliser = spec.normaliser
         self.signature = get_signature(spec.signature)
         self.params = dict(spec.params)
         self.defaults = spec.defaults
@@ -149,6 +152,7 @@ class ModuleLoss(torch.nn.Module):
         self.impl = cls()
         self.spec = spec
         self.name = spec.id
+        self.normaliser = spec.normaliser
         self.signature = get_signature(spec.signature)
         self.params = dict(spec.params)
         self.defaults = spec.defaults

@@ -95,6 +95,8 @@ def test_good_file_loads(tmp_path):
     (GOOD + 'let.iou = "inter / union"\n', "field 'let': 'iou' is already a terminal"),
     ('[losses.My-Loss]\ntitle = "x"\n', "loss id 'My-Loss' must be snake_case"),
     ('[other]\nx = 1\n', "unknown top-level table(s) ['other']"),
+    (GOOD + 'normaliser = "positive"\n', "field 'normaliser': 'positive' is not one of "
+                                        "positives, elements, samples; did you mean 'positives'"),
 ])
 def test_malformed_entries_name_file_entry_and_field(tmp_path, body, message):
     with pytest.raises(CatalogError) as err:
@@ -122,3 +124,19 @@ def test_let_helpers_and_macros(tmp_path):
     assert "sq" not in str(spec.expression) and "pen" not in str(spec.expression)
     assert spec.formula().splitlines()[-1] == "loss = sq(1 - iou) + pen"
     assert [name for name, _ in spec.display] == ["pen", "loss"]
+
+
+def test_normalisers_follow_the_papers(tmp_path):
+    """What a detector divides each loss's sum by: GHM its total, EQL/EQLv2/Seesaw the
+    samples, the rest the positives; an entry's own value reaches its compiled loss."""
+    assert load_text(tmp_path, GOOD).losses["my_giou"].normaliser == "positives"
+    assert load_text(tmp_path, GOOD + 'normaliser = "elements"\n').losses[
+        "my_giou"].normaliser == "elements"
+    own = {i: catalog.get(i).normaliser for i in ("ghm_c", "ghm_r", "eql", "eqlv2", "seesaw")}
+    assert own == {"ghm_c": "elements", "ghm_r": "elements", "eql": "samples",
+                   "eqlv2": "samples", "seesaw": "samples"}
+    assert {s.normaliser for s in catalog.default().losses.values()
+            if s.id not in own} == {"positives"}
+    from autoloss import zoo
+    assert [zoo.loss(i).normaliser for i in ("ghm_c", "eqlv2", "focal")] == [
+        "elements", "samples", "positives"]

@@ -298,3 +298,27 @@ def test_eval_cli_human_output_and_failures():
 def test_candidate_failure_carries_reason():
     with pytest.raises(CandidateFailure, match="non-finite"):
         evaluate("boxsim", {"reg": "log(iou - 2)"}, budget=3, scale=0.002)
+
+
+def test_per_positive_normalises_as_the_paper():
+    """RetinaNet's sum / positives by default; GHM's mean over every element; EQL's sum /
+    samples; a set-level loss as it is. A detector would otherwise weigh GHM-C by
+    elements / positives (hundreds) and diverge (digits: 0.07 mAP)."""
+    from autoloss import zoo
+    from autoloss.proxies.base import per_positive
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    t = (torch.rand(300, 4, generator=g, dtype=torch.float64) > 0.9).double()
+    for loss_id, expected in (("focal", "sum / 7"), ("ghm_c", "mean"), ("eql", "sum / 300"),
+                              ("ap_loss", "mean")):
+        loss = zoo.loss(loss_id)
+        got = per_positive(loss, x, t, num_pos=7.0)
+        if expected == "mean":
+            want = loss(x, t, reduction="mean")
+        else:
+            want = loss(x, t, reduction="sum") / float(expected.split("/ ")[1])
+        torch.testing.assert_close(got, want, msg=loss_id)
+    # the three normalisations differ on these inputs: the test tells them apart
+    ghm = zoo.loss("ghm_c")
+    assert not torch.isclose(ghm(x, t, reduction="mean"), ghm(x, t, reduction="sum") / 7.0)

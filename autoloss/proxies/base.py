@@ -97,11 +97,16 @@ def check_losses(proxy: Proxy, losses: Mapping[str, Callable]) -> None:
 
 
 def per_positive(loss: Callable, *inputs, num_pos: float) -> torch.Tensor:
-    """The loss summed over the batch and divided by the number of positives (RetinaNet's
-    normalisation), or, for a loss that normalises itself over the whole batch (a set-level
-    loss such as AP-Loss: ``loss.normalised``), its value as it is."""
-    if getattr(loss, "normalised", False):
+    """The loss normalised as its paper normalises it in a detector: summed over the batch
+    and divided by the number of positives (RetinaNet's normalisation, the default), by the
+    number of elements (``loss.normaliser == "elements"``: GHM's total) or of samples, the
+    rows (``"samples"``: EQL, EQLv2, Seesaw); a loss that normalises itself over the whole
+    batch (a set-level loss such as AP-Loss: ``loss.normalised``), its value as it is."""
+    normaliser = getattr(loss, "normaliser", "positives")
+    if getattr(loss, "normalised", False) or normaliser == "elements":
         return loss(*inputs, reduction="mean")
+    if normaliser == "samples":
+        return loss(*inputs, reduction="sum") / max(1, len(inputs[0]))
     return loss(*inputs, reduction="sum") / num_pos
 
 

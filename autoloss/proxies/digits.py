@@ -608,7 +608,7 @@ class Digits:
             logits, target = logits[keep], target[keep]
         l_cls = per_positive(losses["cls"], logits, target, num_pos=num_pos)
         reg_inputs = SIGNATURES[reg_signature].from_detector(d, flat_pts, gt_boxes, stride)
-        reg = losses["reg"](*reg_inputs, reduction="sum")
+        reg = per_positive(losses["reg"], *reg_inputs, num_pos=num_pos)
         branch = None
         if iou is not None:
             iou_target = torch.zeros(n * p)
@@ -616,12 +616,12 @@ class Digits:
             branch = F.binary_cross_entropy_with_logits(iou.reshape(-1)[pos], iou_target[pos],
                                                         reduction="sum") / num_pos
         if getattr(self, "combine", None) is not None:
-            parts = {"cls": l_cls, "reg": reg / num_pos}
+            parts = {"cls": l_cls, "reg": reg}
             if branch is not None:
                 parts["iou"] = branch
             return self.combine(parts)
         total = self.weights["cls"] * l_cls
-        total = total + self.weights["reg"] * reg / num_pos
+        total = total + self.weights["reg"] * reg
         if branch is not None:
             total = total + self.weights["iou"] * branch
         return total
