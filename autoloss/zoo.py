@@ -85,7 +85,6 @@ class SetLevelLoss:
         self.fn = getattr(importlib.import_module(module), function)
         self.spec = spec
         self.name = spec.id
-        self.normaliser = spec.normaliser
         self.signature = get_signature(spec.signature)
         self.params = dict(spec.params)
         self.defaults = spec.defaults
