@@ -343,7 +343,8 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
             param_units[pname] = UNIT_NAMES[spec["unit"]]
     params.update(own)
     if kind == "S" or "implementation" in body:
-        return _implemented(where, loss_id, body, name, signature, kind, own, props, fail)
+        return _implemented(where, loss_id, body, name, signature, kind, own, props, fail,
+                            normaliser)
 
     macros: dict[str, Macro] = {}
     lets = body.get("let", {})
@@ -412,7 +413,8 @@ def _entry(name: str, loss_id: str, body, subsections: set[str]) -> LossSpec:
     )
 
 
-def _implemented(where, loss_id, body, name, signature, kind, own, props, fail) -> LossSpec:
+def _implemented(where, loss_id, body, name, signature, kind, own, props, fail,
+                 normaliser: str) -> LossSpec:
     """A hand-written entry: a set-level function (kind S) or a batch-level module class
     (kind B), checked to exist, to be of the right sort and to take the params."""
     import importlib
@@ -466,7 +468,7 @@ def _implemented(where, loss_id, body, name, signature, kind, own, props, fail) 
         signature=signature.name, expression=None, text=text, params=own,
         properties=tuple(props), reference=body.get("reference", ""),
         notes=body.get("notes", ""), kind=kind, file=name, implementation=text,
-        normaliser=body.get("normaliser", "positives"),
+        normaliser=normaliser,
     )
 
 

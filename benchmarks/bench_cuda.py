@@ -50,10 +50,7 @@ def repeats(n: int) -> int:
 def chunked(fn):
     """``fn`` with the runtime forced into row chunks of ``runtime.CHUNK`` elements
     (``runtime.whole`` answering no): the CPU's cache-sized chunks, one launch per op and
-    chunk; None where the runtime has no ``whole``."""
-    if not hasattr(runtime, "whole"):
-        return None
-
+    chunk."""
     def run():
         before, runtime.whole = runtime.whole, lambda ref: False
         try:
@@ -78,13 +75,10 @@ def losses(sizes) -> None:
         for name in ("focal", "giou"):
             x = inputs(name, n, g)
             compiled = fwd_bwd(zoo.build(name), x)
-            forced = chunked(compiled)
-            fns = [fwd_bwd(getattr(reference, name), x), compiled] + ([forced] if forced else [])
-            eager, mine, *rest = paired([synced(f) for f in fns], repeats(n))
-            line = (f"| {name} | {n:,} | {eager * 1e3:.2f} | {mine * 1e3:.2f} | "
-                    f"{mine / eager:.2f} | ")
-            line += (f"{rest[0] * 1e3:.2f} | {rest[0] / eager:.2f} |" if rest else "n/a | n/a |")
-            print(line, flush=True)
+            fns = [fwd_bwd(getattr(reference, name), x), compiled, chunked(compiled)]
+            eager, mine, forced = paired([synced(f) for f in fns], repeats(n))
+            print(f"| {name} | {n:,} | {eager * 1e3:.2f} | {mine * 1e3:.2f} | "
+                  f"{mine / eager:.2f} | {forced * 1e3:.2f} | {forced / eager:.2f} |", flush=True)
             del x
     print()
 
